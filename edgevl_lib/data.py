@@ -1,0 +1,433 @@
+"""Paired multi-modal samples, the generic paired-folder format, and modality encodings.
+
+Every dataset in the workbench (the embedded benchmark, ScanNet, NYUv2, SUN RGB-D, EuroSAT-MS, your own
+sensor data) returns the same `Sample`: one tensor per modality in physical units, a label or None, an id.
+
+Raw tensor conventions (what loaders return):
+
+| modality  | shape   | dtype   | unit                                        |
+|-----------|---------|---------|---------------------------------------------|
+| `rgb`     | 3xHxW   | float32 | [0, 1]                                      |
+| `depth`   | 1xHxW   | float32 | metres, 0 = invalid / no return             |
+| `thermal` | 1xHxW   | float32 | degrees Celsius                             |
+| `swir`    | 3xHxW   | float32 | reflectance composite in [0, 1]             |
+| other     | CxHxW   | float32 | [0, 1] for 8-bit files, else file value * scale |
+
+`encode_modality` turns a raw non-RGB tensor into the 3-channel [0, 1] image an encoder takes; the
+encoding (and its range) is part of every result's record because it changes results a lot.
+
+Generic paired folder (point the workbench at your own sensor data by writing this)::
+
+    root/
+      classes.txt          one class name per line; line i is label i
+      labels.csv           header `id,label`; label = a class name from classes.txt, or empty if unknown
+      meta.json            optional: {"modalities": {"depth": {"scale": 0.001, "offset": 0.0, "unit": "m"}}}
+      rgb/<id>.png         8-bit RGB
+      depth/<id>.png       16-bit, millimetres by default (0 = invalid)
+      thermal/<id>.png     16-bit, centi-kelvin by default (value * 0.01 - 273.15 = degrees C)
+      <modality>/<id>.png  any other sensor: 8-bit (-> [0, 1]) or 16-bit with its scale in meta.json
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+RGB = "rgb"
+
+# Default storage scales for 16-bit PNGs: physical = value * scale + offset.
+DEFAULT_SCALES: dict[str, dict[str, Any]] = {
+    "depth": {"scale": 0.001, "offset": 0.0, "unit": "m"},
+    "thermal": {"scale": 0.01, "offset": -273.15, "unit": "C"},
+}
+
+# Fixed encoding ranges (physical units) used when turning a modality into an encoder image.
+# A fixed range keeps the object's depth structure; per-frame min-max over a frame dominated by
+# floor and background squeezes the object into a few grey levels.
+DEFAULT_RANGES: dict[str, tuple[float, float]] = {
+    "depth": (0.5, 6.0),
+    "thermal": (10.0, 45.0),
+}
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the offending file and says how to fix it."""
+
+
+@dataclass
+class Sample:
+    """One paired observation.
+
+    Attributes:
+        images: modality name -> float32 CxHxW tensor in the units of the module docstring's table.
+        label: class index into the dataset's `class_names`, or None when unknown / unlabeled.
+        id: a stable identifier (file stem, frame id) unique within the dataset.
+    """
+
+    images: dict[str, torch.Tensor]
+    label: int | None
+    id: str
+
+
+@dataclass(frozen=True)
+class ModalityEncoding:
+    """How a raw modality tensor becomes a 3-channel encoder input in [0, 1].
+
+    Attributes:
+        kind: `replicate` (clip to `range`, scale to [0, 1], copy to 3 channels), `colormap` (same
+            normalisation, then a matplotlib colormap, e.g. turbo / jet as in many RGB-D papers),
+            `minmax` (per-image min-max over valid pixels, replicated; shown for comparison only),
+            or `identity` (already 3-channel [0, 1], e.g. RGB and SWIR composites).
+        range: (low, high) in physical units for `replicate` / `colormap`; None uses DEFAULT_RANGES.
+        colormap: matplotlib colormap name for `colormap`.
+        invert: map near -> bright (`1 - x`) after normalisation, common for depth displays.
+    """
+
+    kind: str = "replicate"
+    range: tuple[float, float] | None = None
+    colormap: str = "turbo"
+    invert: bool = False
+
+    def describe(self, modality: str) -> str:
+        """A short string recorded next to every result, e.g. `depth:replicate[0.5,6.0]`."""
+        if self.kind in ("identity", "minmax"):
+            return f"{modality}:{self.kind}"
+        lo, hi = self.range or DEFAULT_RANGES.get(modality, (0.0, 1.0))
+        cm = f":{self.colormap}" if self.kind == "colormap" else ""
+        inv = ":inv" if self.invert else ""
+        return f"{modality}:{self.kind}{cm}[{lo:g},{hi:g}]{inv}"
+
+
+def default_encoding(modality: str) -> ModalityEncoding:
+    """`identity` for 3-channel modalities (rgb, swir), `replicate` with the fixed range otherwise."""
+    return ModalityEncoding(kind="identity") if modality in (RGB, "swir") else ModalityEncoding()
+
+
+def encode_modality(x: torch.Tensor, modality: str, encoding: ModalityEncoding | None = None) -> torch.Tensor:
+    """Turn a raw modality tensor (CxHxW or BxCxHxW) into a 3-channel [0, 1] encoder input.
+
+    `replicate`: y = clip((x - lo) / (hi - lo), 0, 1) copied to 3 channels; invalid depth (0) maps to 0.
+
+    >>> encode_modality(torch.full((1, 2, 2), 3.25), "depth").shape
+    torch.Size([3, 2, 2])
+    """
+    enc = encoding or default_encoding(modality)
+    batched = x.dim() == 4
+    xb = x if batched else x.unsqueeze(0)
+    if enc.kind == "identity":
+        if xb.shape[1] != 3:
+            raise ValueError(f"identity encoding needs 3 channels, {modality} has {xb.shape[1]}")
+        out = xb.clamp(0, 1)
+    else:
+        if xb.shape[1] != 1:
+            xb = xb.mean(dim=1, keepdim=True)
+        valid = torch.isfinite(xb) & ((xb != 0) if modality == "depth" else torch.ones_like(xb, dtype=torch.bool))
+        if enc.kind == "minmax":
+            big = torch.finfo(xb.dtype).max
+            lo = torch.where(valid, xb, big).amin(dim=(1, 2, 3), keepdim=True)
+            hi = torch.where(valid, xb, -big).amax(dim=(1, 2, 3), keepdim=True)
+            y = (xb - lo) / (hi - lo).clamp_min(1e-6)
+        elif enc.kind in ("replicate", "colormap"):
+            lo, hi = enc.range or DEFAULT_RANGES.get(modality, (0.0, 1.0))
+            y = (xb - lo) / (hi - lo)
+        else:
+            raise ValueError(f"unknown encoding kind {enc.kind!r}; use replicate, colormap, minmax or identity")
+        y = y.clamp(0, 1)
+        if enc.invert:
+            y = 1 - y
+        y = torch.where(valid, y, torch.zeros_like(y))
+        if enc.kind == "colormap":
+            out = _apply_colormap(y, enc.colormap)
+        else:
+            out = y.expand(-1, 3, -1, -1)
+    out = out.float().contiguous()
+    return out if batched else out[0]
+
+
+def _apply_colormap(y: torch.Tensor, name: str) -> torch.Tensor:
+    from matplotlib import colormaps
+
+    lut = torch.from_numpy(colormaps[name](np.linspace(0, 1, 256))[:, :3]).float()
+    idx = (y[:, 0] * 255).round().long().clamp(0, 255)
+    return lut[idx].permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset protocol and collation
+# ----------------------------------------------------------------------------------------------
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Base class of every loader: `modalities`, `class_names`, `ids`, `labels`, and `__getitem__ -> Sample`.
+
+    Subclasses fill `ids` (list[str]) and `labels` (list[int | None]) in `__init__` and implement `load`.
+    """
+
+    modalities: tuple[str, ...] = ()
+    class_names: list[str] = []
+    name: str = "dataset"
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.labels: list[int | None] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.load(index)
+
+    def load(self, index: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def subset(self, indices: Sequence[int]) -> "torch.utils.data.Subset":
+        """A torch Subset that keeps `class_names` / `modalities` reachable via `.dataset`."""
+        return torch.utils.data.Subset(self, list(indices))
+
+    def describe(self) -> dict[str, Any]:
+        """Summary recorded in metrics: name, size, modalities, classes."""
+        return {"name": self.name, "size": len(self), "modalities": list(self.modalities),
+                "classes": len(self.class_names)}
+
+
+def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Stack a list of Samples: {modality: BxCxHxW, "label": LongTensor (-1 = unknown), "id": list[str]}."""
+    if not samples:
+        raise ValueError("empty batch")
+    out: dict[str, Any] = {m: torch.stack([s.images[m] for s in samples]) for m in samples[0].images}
+    out["label"] = torch.tensor([-1 if s.label is None else s.label for s in samples], dtype=torch.long)
+    out["id"] = [s.id for s in samples]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Image file I/O
+# ----------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike, modality: str, scale: dict[str, Any] | None = None,
+               expect_channels: int | None = None) -> torch.Tensor:
+    """Read one image file into a raw float32 CxHxW tensor in the modality's physical units.
+
+    8-bit files map to [0, 1]; 16-bit files map through `value * scale + offset` (DEFAULT_SCALES by
+    modality). Raises DataError naming the file when it is missing, unreadable or of the wrong kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Every modality folder needs a file for each id in labels.csv.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.array(im)
+    except Exception as exc:  # PIL raises many types for truncated / corrupt files
+        raise DataError(f"{path}: cannot decode image ({exc}). Re-export the file or remove its id from "
+                        f"labels.csv.") from exc
+    if arr.dtype == np.uint8 or arr.dtype == bool:
+        ten = torch.from_numpy(arr.astype(np.float32) / 255.0)
+    elif arr.dtype in (np.uint16, np.int32, np.int16, np.uint32):
+        s = scale or DEFAULT_SCALES.get(modality, {"scale": 1.0 / 65535.0, "offset": 0.0})
+        ten = torch.from_numpy(arr.astype(np.float32) * float(s["scale"]) + float(s.get("offset", 0.0)))
+        if modality == "depth":
+            ten = torch.where(torch.from_numpy(arr == 0), torch.zeros_like(ten), ten)
+    elif arr.dtype in (np.float32, np.float64):
+        ten = torch.from_numpy(arr.astype(np.float32))
+    else:
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}. Save 8-bit or 16-bit PNG.")
+    ten = ten.unsqueeze(0) if ten.dim() == 2 else ten.permute(2, 0, 1)
+    if modality == RGB and ten.shape[0] == 4:
+        ten = ten[:3]
+    if expect_channels is not None and ten.shape[0] != expect_channels:
+        raise DataError(f"{path}: {modality} image has {ten.shape[0]} channels, expected {expect_channels}. "
+                        f"Save {modality} as {'RGB' if expect_channels == 3 else 'single-channel'} PNG.")
+    return ten.contiguous()
+
+
+def write_image(path: str | os.PathLike, x: np.ndarray | torch.Tensor, modality: str,
+                scale: dict[str, Any] | None = None) -> None:
+    """Write a raw modality array (HxW, HxWxC or CxHxW) as PNG: rgb as 8-bit, depth/thermal as 16-bit.
+
+    Inverse of `read_image` up to quantisation (1 mm for depth, 0.01 K for thermal, 1/255 for 8-bit).
+    """
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if modality in DEFAULT_SCALES or scale is not None:
+        s = scale or DEFAULT_SCALES[modality]
+        val = np.round((arr.astype(np.float64) - float(s.get("offset", 0.0))) / float(s["scale"]))
+        if modality == "depth":
+            val = np.where(arr > 0, val, 0)
+        img = Image.fromarray(np.clip(val, 0, 65535).astype(np.uint16))
+    else:
+        if arr.dtype != np.uint8:
+            arr = np.clip(np.round(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic paired folder
+# ----------------------------------------------------------------------------------------------
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Read one class name per line; blank lines and `#` comments are skipped.
+
+    Raises DataError naming the file when it is empty or repeats a name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: class list not found. Write one class name per line.")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise DataError(f"{path}: class list is empty. Write one class name per line.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{path}: duplicate class names {dup}. Each class must appear once.")
+    return names
+
+
+class PairedFolder(PairedDataset):
+    """The generic paired-folder format (see the module docstring).
+
+    Args:
+        root: the folder holding classes.txt, labels.csv and one sub-folder per modality.
+        modalities: which modality folders to load; default: every sub-folder that holds files.
+        size: optional (H, W) to resize every modality to (bilinear for rgb, nearest for the rest).
+    """
+
+    name = "paired_folder"
+
+    def __init__(self, root: str | os.PathLike, modalities: Sequence[str] | None = None,
+                 size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder does not exist. Check the path, or build the embedded "
+                            f"benchmark with edgevl_lib.render.build_benchmark().")
+        self.class_names = read_class_names(self.root / "classes.txt")
+        meta_path = self.root / "meta.json"
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.modalities = tuple(modalities) if modalities else tuple(sorted(found, key=lambda m: (m != RGB, m)))
+        missing = [m for m in self.modalities if m not in found]
+        if missing:
+            raise DataError(f"{self.root}: no folder for modalities {missing}. Expected {self.root}/<modality>/<id>.png.")
+        self.size = size
+        index = {c: i for i, c in enumerate(self.class_names)}
+        labels_csv = self.root / "labels.csv"
+        if not labels_csv.is_file():
+            raise DataError(f"{labels_csv}: not found. Write a CSV with header `id,label`.")
+        with labels_csv.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "id" not in reader.fieldnames:
+                raise DataError(f"{labels_csv}: needs a header row with an `id` column (and `label`).")
+            seen: set[str] = set()
+            for row_no, row in enumerate(reader, start=2):
+                sid = (row.get("id") or "").strip()
+                lab = (row.get("label") or "").strip()
+                if not sid:
+                    raise DataError(f"{labels_csv}: line {row_no} has an empty id.")
+                if sid in seen:
+                    raise DataError(f"{labels_csv}: id {sid!r} appears twice (line {row_no}). Ids must be unique.")
+                if lab and lab not in index:
+                    raise DataError(f"{labels_csv}: line {row_no} label {lab!r} is not in classes.txt.")
+                seen.add(sid)
+                self.ids.append(sid)
+                self.labels.append(index[lab] if lab else None)
+        self._check_pairs()
+
+    def _check_pairs(self) -> None:
+        for m in self.modalities:
+            have = {p.stem for p in (self.root / m).glob("*.png")}
+            missing = [i for i in self.ids if i not in have]
+            if missing:
+                others = [o for o in self.modalities if o != m]
+                raise DataError(f"{self.root / m / (missing[0] + '.png')}: missing {m} file for id {missing[0]!r} "
+                                f"({len(missing)} ids lack a {m} file"
+                                f"{' although they have ' + '/'.join(others) if others else ''}). "
+                                f"Add the file or drop the id from labels.csv.")
+
+    def modality_scale(self, modality: str) -> dict[str, Any] | None:
+        return self.meta.get("modalities", {}).get(modality)
+
+    def load(self, index: int) -> Sample:
+        sid = self.ids[index]
+        images = {}
+        for m in self.modalities:
+            x = read_image(self.root / m / f"{sid}.png", m, self.modality_scale(m),
+                           expect_channels=3 if m == RGB else None)
+            if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+                mode = "bilinear" if m == RGB else "nearest"
+                x = torch.nn.functional.interpolate(x[None], size=self.size, mode=mode,
+                                                    **({"align_corners": False} if mode == "bilinear" else {}))[0]
+            images[m] = x
+        return Sample(images=images, label=self.labels[index], id=sid)
+
+
+def write_paired_folder(root: str | os.PathLike, samples: Sequence[Sample] | Any, class_names: Sequence[str],
+                        meta: dict[str, Any] | None = None) -> Path:
+    """Write samples in the generic paired-folder format, atomically (a temp folder renamed into place).
+
+    `samples` is any iterable of Sample whose `images` hold raw tensors or arrays in the units above.
+    Returns `root`. An existing `root` is replaced only after the new folder is complete.
+    """
+    root = Path(root)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
+        rows = []
+        for s in samples:
+            for m, x in s.images.items():
+                write_image(tmp / m / f"{s.id}.png", x, m)
+            rows.append((s.id, "" if s.label is None else class_names[s.label]))
+        with (tmp / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "label"])
+            w.writerows(rows)
+        full_meta = {"modalities": {m: DEFAULT_SCALES[m] for m in DEFAULT_SCALES if (tmp / m).is_dir()}}
+        full_meta.update(meta or {})
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+@dataclass
+class DatasetSpec:
+    """Which dataset a notebook uses: `embedded` (default), `paired_folder`, `scannet`, `nyuv2`, `sunrgbd`, `eurosat`.
+
+    Attributes:
+        name: loader name.
+        root: dataset folder or file (ignored for `embedded`).
+        modalities: modalities to load; the first non-RGB one is the stage's paired modality.
+        image_size: encoder input size (H = W).
+        options: loader-specific keyword arguments.
+    """
+
+    name: str = "embedded"
+    root: str | None = None
+    modalities: tuple[str, ...] = ("rgb", "depth", "thermal")
+    image_size: int = 64
+    options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,129 @@
+"""Small shared helpers: project paths, seeding, devices, atomic writes, metrics files, progress bars.
+
+Everything that writes a file the user keeps (checkpoints, caches, metrics, figures) goes through
+`atomic_path` so an interrupted run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root (the folder holding edgevl_lib/, notebooks/, reports/)."""
+
+T = TypeVar("T")
+
+
+def cache_dir() -> Path:
+    """Folder for generated data, teacher weights and embedding caches.
+
+    `$EDGEVL_CACHE` when set, else `<project root>/.cache` (ignored by git), so notebooks find the
+    same cache whether they run from the repo root, from notebooks/ in JupyterLab, or under papermill.
+    """
+    path = Path(os.environ.get("EDGEVL_CACHE", PROJECT_ROOT / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reports_dir() -> Path:
+    """`<project root>/reports`, where the runner and the notebooks put their outputs."""
+    return PROJECT_ROOT / "reports"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; make CPU kernels deterministic; return a seeded torch.Generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device the library runs on: `prefer` if given, else CUDA when present, else CPU."""
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; on success rename it over `path` (atomic on POSIX).
+
+    On an exception the temporary file is removed and `path` is left untouched.
+
+    >>> with atomic_path("out.json") as tmp:
+    ...     tmp.write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
+                                    dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON atomically; numpy/torch scalars are converted to Python numbers."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.generic, torch.Tensor)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_metrics(out_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    """Write `<out_dir>/metrics.json` atomically (the file the runner and the issues' checks read)."""
+    return write_json(Path(out_dir) / "metrics.json", metrics)
+
+
+def save_figure(fig: Any, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:
+    """Save a matplotlib figure to `<out_dir>/figures/<name>.png` atomically and return the path."""
+    path = Path(out_dir) / "figures" / f"{name}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, **kwargs: Any) -> Iterable[T]:
+    """tqdm progress bar throttled (mininterval 10 s when not a terminal) so executed notebooks stay small."""
+    from tqdm.auto import tqdm
+
+    interactive = os.environ.get("EDGEVL_PROGRESS_INTERVAL") is None and _is_interactive()
+    mininterval = 0.5 if interactive else float(os.environ.get("EDGEVL_PROGRESS_INTERVAL", 10))
+    return tqdm(iterable, desc=desc, total=total, mininterval=mininterval, maxinterval=max(mininterval, 10),
+                dynamic_ncols=True, **kwargs)
+
+
+def _is_interactive() -> bool:
+    """True in a terminal or a live JupyterLab kernel; False under papermill or CI."""
+    if os.environ.get("CI") or os.environ.get("PAPERMILL_EXECUTION"):
+        return False
+    import sys
+
+    return sys.stderr.isatty() or "ipykernel" in sys.modules and not os.environ.get("EDGEVL_HEADLESS")
