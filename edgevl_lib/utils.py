@@ -127,3 +127,10 @@ def _is_interactive() -> bool:
     import sys
 
     return sys.stderr.isatty() or "ipykernel" in sys.modules and not os.environ.get("EDGEVL_HEADLESS")
+
+
+def resolve_out_dir(out_dir: str | os.PathLike | None, stem: str) -> Path:
+    """The notebook's output folder: `out_dir` if given, else `<project>/reports/<stem>`; created if missing."""
+    path = Path(out_dir) if out_dir else reports_dir() / stem
+    (path / "figures").mkdir(parents=True, exist_ok=True)
+    return path

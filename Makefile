@@ -1,0 +1,28 @@
+# Two commands: `make report` (run the notebooks into reports/) and `make test`.
+# Both create .venv from requirements.txt when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: report smoke-report test venv clean-reports
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+report: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m edgevl_lib.run
+
+smoke-report: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m edgevl_lib.run --smoke
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+clean-reports:
+	rm -rf reports/*/

@@ -1,0 +1,123 @@
+"""Execute the notebooks headless with papermill into reports/<stem>/.
+
+    python -m edgevl_lib.run                # full default configuration (what `make report` runs)
+    python -m edgevl_lib.run --smoke        # tiny configuration, a minute or two
+    python -m edgevl_lib.run --only 01 03   # a subset, still in order
+
+For each notebooks/NN_*.ipynb it writes reports/<stem>/<stem>.ipynb (executed) and <stem>.html
+(nbconvert); the notebook itself writes figures/*.png and metrics.json there. A notebook that is not
+built yet stops with NotImplementedError: the runner reports it as "not built" and goes on. The exit
+status is non-zero only if a built notebook fails.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgevl_lib.utils import PROJECT_ROOT, atomic_path, reports_dir
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of one notebook: `ok`, `not built` (NotImplementedError) or `failed`."""
+
+    stem: str
+    status: str
+    seconds: float
+    message: str = ""
+
+
+def list_notebooks(only: list[str] | None = None) -> list[Path]:
+    """notebooks/NN_*.ipynb in order; `only` keeps those whose number or stem is listed (e.g. ["01", "03"])."""
+    books = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {o.zfill(2) if o.isdigit() else o for o in only}
+        books = [b for b in books if b.stem[:2] in wanted or b.stem in wanted]
+        if not books:
+            raise SystemExit(f"--only {' '.join(only)} matches no notebook in {NOTEBOOK_DIR}")
+    return books
+
+
+def execute_notebook(path: Path, out_root: Path, smoke: bool, parameters: dict | None = None,
+                     html: bool = True) -> NotebookResult:
+    """Run one notebook with papermill (cwd = project root) and export HTML; never raises for notebook errors."""
+    import papermill as pm
+
+    out_dir = out_root / path.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_nb = out_dir / f"{path.stem}.ipynb"
+    params = {"smoke": smoke, "out_dir": str(out_dir), **(parameters or {})}
+    start = time.perf_counter()
+    status, message = "ok", ""
+    with atomic_path(out_nb) as tmp:
+        try:
+            pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(PROJECT_ROOT),
+                                progress_bar=False, log_output=False, kernel_name="python3")
+        except pm.PapermillExecutionError as exc:
+            status = "not built" if exc.ename == "NotImplementedError" else "failed"
+            message = f"{exc.ename}: {exc.evalue}"
+    seconds = time.perf_counter() - start
+    if html:
+        export_html(out_nb, out_dir / f"{path.stem}.html")
+    return NotebookResult(path.stem, status, seconds, message)
+
+
+def export_html(notebook: Path, html_path: Path) -> Path:
+    """nbconvert the executed notebook to a standalone HTML report (inputs shown), written atomically."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path | None = None) -> list[NotebookResult]:
+    """Execute the notebooks in order, printing each one's status and wall time as it finishes."""
+    out_root = Path(out_root) if out_root else reports_dir()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["PAPERMILL_EXECUTION"] = "1"  # throttles progress bars inside the kernels
+    results = []
+    for book in list_notebooks(only):
+        print(f"[run] {book.stem} ...", flush=True)
+        res = execute_notebook(book, out_root, smoke)
+        results.append(res)
+        extra = f"  ({res.message})" if res.message else ""
+        print(f"[run] {res.stem}: {res.status} in {res.seconds:.1f} s{extra}", flush=True)
+    print("\n[run] summary" + (" (smoke)" if smoke else ""))
+    for r in results:
+        print(f"  {r.stem:<22} {r.status:<10} {r.seconds:8.1f} s")
+    print(f"  {'total':<22} {'':<10} {sum(r.seconds for r in results):8.1f} s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny configuration for a quick end-to-end check")
+    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or stems)")
+    parser.add_argument("--out", type=Path, default=None, help="reports folder (default: <project>/reports)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    results = run_all(args.smoke, args.only, args.out)
+    failed = [r.stem for r in results if r.status == "failed"]
+    not_built = [r.stem for r in results if r.status == "not built"]
+    if not_built:
+        print(f"[run] not built yet (NotImplementedError): {', '.join(not_built)}")
+    if failed:
+        print(f"[run] FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
