@@ -155,6 +155,24 @@ def encode_modality(x: torch.Tensor, modality: str, encoding: ModalityEncoding |
     return out if batched else out[0]
 
 
+def encoder_inputs(batch: dict[str, Any], modalities: Sequence[str],
+                   encodings: dict[str, ModalityEncoding] | None = None,
+                   size: int | None = None) -> dict[str, torch.Tensor]:
+    """Collated batch -> {modality: Bx3xSxS encoder input in [0, 1]} via `encode_modality`.
+
+    Resizing happens after encoding (bilinear), so a colormap or range is applied at native resolution.
+    """
+    encodings = encodings or {}
+    out = {}
+    for m in modalities:
+        x = encode_modality(batch[m], m, encodings.get(m))
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+        out[m] = x
+    return out
+
+
 def _apply_colormap(y: torch.Tensor, name: str) -> torch.Tensor:
     from matplotlib import colormaps
 

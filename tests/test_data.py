@@ -147,3 +147,12 @@ def test_collate():
     batch = collate_samples(_samples(3))
     assert batch["rgb"].shape == (3, 3, 8, 8) and batch["depth"].shape == (3, 1, 8, 8)
     assert batch["label"].tolist() == [0, 1, 0] and batch["id"] == ["s000", "s001", "s002"]
+
+
+def test_encoder_inputs_resizes_after_encoding():
+    from edgevl_lib.data import encoder_inputs
+
+    batch = collate_samples(_samples(2))
+    x = encoder_inputs(batch, ["rgb", "depth"], size=4)
+    assert x["rgb"].shape == (2, 3, 4, 4) and x["depth"].shape == (2, 3, 4, 4)
+    assert float(x["depth"].min()) >= 0 and float(x["depth"].max()) <= 1
