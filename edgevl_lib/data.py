@@ -52,7 +52,8 @@ DEFAULT_SCALES: dict[str, dict[str, Any]] = {
     "thermal": {"scale": 0.01, "offset": -273.15, "unit": "C"},
 }
 
-# Fixed encoding ranges (physical units) used when turning a modality into an encoder image.
+# Fixed encoding ranges (physical units) used when turning a 1-channel modality into an encoder image
+# (3-channel modalities such as rgb and the swir composite use the identity encoding).
 # A fixed range keeps the object's depth structure; per-frame min-max over a frame dominated by
 # floor and background squeezes the object into a few grey levels.
 DEFAULT_RANGES: dict[str, tuple[float, float]] = {
@@ -203,6 +204,15 @@ class PairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def text_names(self) -> list[str]:
+        """Class names phrased for text prompts (loaders may override, e.g. EuroSAT's "annual crop land")."""
+        return getattr(self, "_text_names", None) or list(self.class_names)
+
+    @text_names.setter
+    def text_names(self, names: Sequence[str]) -> None:
+        self._text_names = list(names)
+
     def __getitem__(self, index: int) -> Sample:
         return self.load(index)
 
@@ -344,7 +354,8 @@ class PairedFolder(PairedDataset):
         self.modalities = tuple(modalities) if modalities else tuple(sorted(found, key=lambda m: (m != RGB, m)))
         missing = [m for m in self.modalities if m not in found]
         if missing:
-            raise DataError(f"{self.root}: no folder for modalities {missing}. Expected {self.root}/<modality>/<id>.png.")
+            raise DataError(f"{self.root}: no folder for modalities {missing}. "
+                            f"Expected {self.root}/<modality>/<id>.png.")
         self.size = size
         index = {c: i for i, c in enumerate(self.class_names)}
         labels_csv = self.root / "labels.csv"
@@ -390,9 +401,9 @@ class PairedFolder(PairedDataset):
             x = read_image(self.root / m / f"{sid}.png", m, self.modality_scale(m),
                            expect_channels=3 if m == RGB else None)
             if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
-                mode = "bilinear" if m == RGB else "nearest"
-                x = torch.nn.functional.interpolate(x[None], size=self.size, mode=mode,
-                                                    **({"align_corners": False} if mode == "bilinear" else {}))[0]
+                smooth = {"mode": "bilinear", "align_corners": False, "antialias": True}
+                x = torch.nn.functional.interpolate(x[None], size=self.size,
+                                                    **(smooth if m == RGB else {"mode": "nearest"}))[0]
             images[m] = x
         return Sample(images=images, label=self.labels[index], id=sid)
 
