@@ -1,0 +1,424 @@
+"""Label-free dataset curation: keep the unlabeled images the teacher is confident about.
+
+EdgeVL (Cai et al., ECCV 2024, "automatic dataset curation") scores every unlabeled RGB image against a
+label superset with the CLIP teacher and keeps the confident ones; the pseudo-label is the teacher's
+zero-shot prediction. With L2-normalised image embeddings v_i and class text embeddings t_k (mean of
+the class's prompt embeddings, re-normalised, as in CLIP prompt ensembling):
+
+    p_ik = softmax_k(s * cos(v_i, t_k)),     s = 100 (CLIP's logit scale)
+    c_i  = max_k p_ik,                       pseudo_i = argmax_k p_ik
+
+Two selection rules:
+
+* `threshold` (the paper): keep {i : c_i >= tau}, tau = 0.25 by default.
+* `top_fraction` (the released code): keep the ceil(f * N) most confident images, ties broken by the
+  lower index.
+
+Ground-truth labels are never used to select: `curation_report` uses them only to evaluate the
+selection (pseudo-label accuracy of the kept and of the discarded images).
+
+Prompt files live in `edgevl_lib/prompts/` (see `prompt_path`): templates with `{}` for the class name,
+label supersets (one name per line) and optional LLM-written descriptions (JSON {name: description})
+that add the prompt "a photo of a {name}. {description}" per class (Li et al., ICCV 2023).
+
+>>> img = torch.tensor([[1.0, 0.0]]); txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+>>> confidence(img, txt, scale=1.0)[1]
+tensor([0])
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from . import data, utils
+
+if TYPE_CHECKING:
+    from .config import CurationConfig
+
+log = logging.getLogger(__name__)
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+"""Folder of the shipped prompt files (templates, label supersets, descriptions)."""
+
+MODES = ("threshold", "top_fraction")
+DESCRIPTION_TEMPLATE = "a photo of a {name}. {description}"
+
+
+class Teacher(Protocol):
+    """The teacher interface curation and the embedding cache code against (see edgevl_lib.teachers)."""
+
+    id: str
+    embed_dim: int
+    image_size: int
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Bx3xHxW RGB in [0, 1], any size -> BxD L2-normalised."""
+        ...
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """B strings -> BxD L2-normalised."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------
+# Label supersets and prompts
+# ----------------------------------------------------------------------------------------------
+
+
+def prompt_path(name: str | os.PathLike) -> Path:
+    """Resolve a prompt file: an existing path as given, else a file name inside `edgevl_lib/prompts/`.
+
+    >>> prompt_path("templates.txt").name
+    'templates.txt'
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = PROMPTS_DIR / path
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_file())
+    raise data.DataError(f"{path}: prompt file not found (also not in {PROMPTS_DIR}). Pass an existing path or "
+                         f"one of the shipped files {available}.")
+
+
+def load_label_superset(path: str | os.PathLike) -> list[str]:
+    """Read a label superset: one class name per line, `#` comments and blank lines skipped.
+
+    Same rules as `data.read_class_names`: an empty file or a repeated name raises DataError naming the file.
+    """
+    return data.read_class_names(prompt_path(path))
+
+
+def load_templates(path: str | os.PathLike) -> list[str]:
+    """Read prompt templates, one per line, each holding `{}` where the class name goes.
+
+    Raises:
+        DataError: naming the file when it is empty or a line lacks `{}`.
+    """
+    path = prompt_path(path)
+    lines = [(no, ln.strip()) for no, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+    lines = [(no, ln) for no, ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise data.DataError(f"{path}: no templates. Write one template per line, e.g. `a photo of a {{}}.`")
+    bad = [no for no, ln in lines if "{}" not in ln]
+    if bad:
+        raise data.DataError(f"{path}: line(s) {bad} lack the `{{}}` placeholder for the class name. "
+                             f"Write e.g. `a photo of a {{}}.`")
+    return [ln for _, ln in lines]
+
+
+def load_descriptions(path: str | os.PathLike) -> dict[str, str]:
+    """Read LLM-written class descriptions: a JSON object {class name: short visual description}.
+
+    Raises:
+        DataError: naming the file when it is not valid JSON or not a {str: str} object.
+    """
+    path = prompt_path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise data.DataError(f"{path}: not valid JSON ({exc}). Write {{\"class name\": \"description\"}}.") from exc
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+        raise data.DataError(f"{path}: expected a JSON object of strings {{\"class name\": \"description\"}}.")
+    return obj
+
+
+def build_prompts(names: Sequence[str], templates: Sequence[str],
+                  descriptions: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Prompts per class: every template filled with the name, plus one description prompt when given.
+
+    With descriptions, class k also gets "a photo of a {name}. {description}" (Li et al., ICCV 2023),
+    so the text embedding t_k averages the plain and the LLM-enriched prompts.
+
+    Args:
+        names: class names of the superset.
+        templates: strings holding `{}`.
+        descriptions: optional {name: description}; must cover every name.
+
+    Returns:
+        One list of prompts per name, in the order of `names`.
+
+    Raises:
+        ValueError: when `descriptions` misses some names (mixing enriched and plain classes biases the scores).
+
+    >>> build_prompts(["mug"], ["a photo of a {}."], {"mug": "a small cup."})
+    [['a photo of a mug.', 'a photo of a mug. a small cup.']]
+    """
+    if descriptions is not None:
+        missing = [n for n in names if n not in descriptions]
+        if missing:
+            raise ValueError(f"descriptions miss {missing}. Add them to the descriptions file or pass "
+                             f"descriptions=None.")
+    prompts = []
+    for name in names:
+        per_class = [t.replace("{}", name) for t in templates]
+        if descriptions is not None:
+            per_class.append(DESCRIPTION_TEMPLATE.format(name=name, description=descriptions[name]))
+        prompts.append(per_class)
+    return prompts
+
+
+@torch.no_grad()
+def text_embeddings(teacher: Teacher, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Class text embeddings t_k = normalize(mean_j encode_text(prompt_kj)) (CLIP prompt ensembling).
+
+    Returns:
+        KxD float32, rows L2-normalised.
+    """
+    rows = []
+    for per_class in prompts:
+        emb = teacher.encode_text(list(per_class)).float().cpu()
+        rows.append(torch.nn.functional.normalize(emb.mean(dim=0), dim=0))
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Confidence and selection
+# ----------------------------------------------------------------------------------------------
+
+
+def confidence(img_emb: torch.Tensor, text_emb: torch.Tensor,
+               scale: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot confidence and pseudo-label of each image over the superset.
+
+    p_ik = softmax_k(scale * cos(v_i, t_k)); c_i = max_k p_ik; pseudo_i = argmax_k p_ik.
+    Inputs are L2-normalised here, so raw embeddings give cosines too.
+
+    Args:
+        img_emb: NxD image embeddings.
+        text_emb: KxD class text embeddings.
+        scale: logit scale s (CLIP: 100).
+
+    Returns:
+        (conf, pseudo): N float32 confidences in [1/K, 1] and N int64 superset indices.
+    """
+    v = torch.nn.functional.normalize(img_emb.float(), dim=-1)
+    t = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    probs = torch.softmax(scale * v @ t.T, dim=-1)
+    conf, pseudo = probs.max(dim=-1)
+    return conf, pseudo
+
+
+@dataclass
+class CurationResult:
+    """The outcome of curation, saved as JSON next to the stage's outputs.
+
+    Attributes:
+        kept: indices (into the scored dataset) of the kept images, ascending.
+        ids: sample ids of the kept images (order of `kept`).
+        pseudo_labels: superset indices of the kept images' pseudo-labels (order of `kept`).
+        pseudo_names: superset names of the kept images' pseudo-labels (order of `kept`).
+        confidences: c_i of ALL N scored images (dataset order).
+        all_pseudo_labels: superset indices of ALL N images' pseudo-labels (dataset order).
+        superset: the label superset the pseudo-labels index.
+        mode: `threshold` or `top_fraction`.
+        threshold: tau in `threshold` mode; in `top_fraction` mode the lowest kept confidence (the
+            effective threshold), or 1.0 when nothing is kept.
+        top_fraction: f in `top_fraction` mode, else None.
+        num_kept: len(kept).
+        total: N, the number of scored images.
+    """
+
+    kept: list[int]
+    ids: list[str]
+    pseudo_labels: list[int]
+    pseudo_names: list[str]
+    confidences: list[float]
+    all_pseudo_labels: list[int]
+    superset: list[str]
+    mode: str
+    threshold: float
+    top_fraction: float | None = None
+    num_kept: int = field(init=False)
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_kept = len(self.kept)
+        self.total = len(self.confidences)
+
+    @property
+    def kept_fraction(self) -> float:
+        """num_kept / total."""
+        return self.num_kept / max(self.total, 1)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result as JSON atomically (utils.write_json)."""
+        return utils.write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CurationResult":
+        """Read a result written by `save`; DataError naming the file when it is missing or malformed."""
+        path = Path(path)
+        if not path.is_file():
+            raise data.DataError(f"{path}: curation result not found. Run curation first (curate_dataset or "
+                                 f"notebook 01_curation).")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj.pop("num_kept", None)
+            obj.pop("total", None)
+            return cls(**obj)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise data.DataError(f"{path}: not a curation result ({exc}). Delete it and rerun curation.") from exc
+
+
+def curate_by_confidence(conf: torch.Tensor | np.ndarray | Sequence[float],
+                         pseudo: torch.Tensor | np.ndarray | Sequence[int], ids: Sequence[str],
+                         superset: Sequence[str], mode: str = "threshold", tau: float = 0.25,
+                         top_fraction: float = 0.5) -> CurationResult:
+    """Select confident images (no ground truth involved).
+
+    * `threshold`: kept = {i : c_i >= tau} (EdgeVL paper, tau = 0.25).
+    * `top_fraction`: kept = the ceil(f * N) largest c_i, ties broken by the lower index (released code).
+      f * N is rounded to 9 decimals before the ceiling so 0.3 * 10 keeps 3, not 4.
+
+    Args:
+        conf: N confidences c_i (from `confidence`).
+        pseudo: N superset indices (from `confidence`).
+        ids: N sample ids, dataset order.
+        superset: the label superset `pseudo` indexes.
+        mode: `threshold` or `top_fraction`.
+        tau: threshold in [0, 1] for `threshold`.
+        top_fraction: f in (0, 1] for `top_fraction`.
+
+    Returns:
+        CurationResult with kept indices ascending.
+
+    >>> curate_by_confidence([0.9, 0.2, 0.5], [0, 1, 0], ["a", "b", "c"], ["x", "y"], tau=0.5).kept
+    [0, 2]
+    """
+    c = np.asarray(conf.detach().cpu() if isinstance(conf, torch.Tensor) else conf, dtype=np.float64)
+    p = np.asarray(pseudo.detach().cpu() if isinstance(pseudo, torch.Tensor) else pseudo, dtype=np.int64)
+    if not (c.ndim == 1 and c.shape == p.shape and len(ids) == len(c)):
+        raise ValueError(f"conf {c.shape}, pseudo {p.shape} and ids ({len(ids)}) must be 1-D of one length")
+    if len(p) and (p.min() < 0 or p.max() >= len(superset)):
+        raise ValueError(f"pseudo-labels must index the superset of {len(superset)} names")
+    if mode == "threshold":
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        kept = np.flatnonzero(c >= tau)
+        threshold, fraction = float(tau), None
+    elif mode == "top_fraction":
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        n_keep = math.ceil(round(top_fraction * len(c), 9))
+        order = np.lexsort((np.arange(len(c)), -c))  # by -c, then by index
+        kept = np.sort(order[:n_keep])
+        threshold = float(c[kept].min()) if len(kept) else 1.0
+        fraction = float(top_fraction)
+    else:
+        raise ValueError(f"unknown curation mode {mode!r}; use one of {MODES}")
+    kept_list = [int(i) for i in kept]
+    return CurationResult(
+        kept=kept_list, ids=[ids[i] for i in kept_list], pseudo_labels=[int(p[i]) for i in kept_list],
+        pseudo_names=[superset[p[i]] for i in kept_list], confidences=[float(x) for x in c],
+        all_pseudo_labels=[int(x) for x in p], superset=list(superset), mode=mode, threshold=threshold,
+        top_fraction=fraction)
+
+
+@torch.no_grad()
+def score_dataset(teacher: Teacher, dataset: torch.utils.data.Dataset, superset: Sequence[str],
+                  templates: Sequence[str], batch_size: int = 64, scale: float = 100.0,
+                  descriptions: Mapping[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the teacher over the dataset's RGB images and score them against the superset.
+
+    Args:
+        teacher: the CLIP teacher.
+        dataset: a PairedDataset (or Subset of one) whose Samples hold `rgb`.
+        superset: label superset names.
+        templates: prompt templates (`{}` = name).
+        batch_size: images per teacher call.
+        scale: logit scale s.
+        descriptions: optional {name: description} for LLM-enriched prompts.
+
+    Returns:
+        (conf, pseudo, image_emb): N confidences, N superset indices, NxD float32 image embeddings.
+    """
+    text = text_embeddings(teacher, build_prompts(superset, templates, descriptions))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         collate_fn=data.collate_samples)
+    embs = []
+    for batch in utils.progress(loader, desc="curation: teacher", total=len(loader)):
+        if data.RGB not in batch:
+            raise data.DataError(f"dataset samples have no `{data.RGB}` image (modalities: "
+                                 f"{[k for k in batch if k not in ('label', 'id')]}); curation scores RGB.")
+        embs.append(teacher.encode_image(batch[data.RGB]).float().cpu())
+    image_emb = torch.cat(embs) if embs else torch.zeros(0, teacher.embed_dim)
+    conf, pseudo = confidence(image_emb, text, scale)
+    return conf, pseudo, image_emb
+
+
+def curate_dataset(teacher: Teacher, dataset: data.PairedDataset, cfg: "CurationConfig") -> CurationResult:
+    """Score `dataset` with the teacher and select by `cfg` (files, mode, tau / fraction, scale).
+
+    The one call notebooks use; `score_dataset` + `curate_by_confidence` are the parts.
+    """
+    superset = load_label_superset(cfg.superset)
+    templates = load_templates(cfg.templates)
+    descriptions = load_descriptions(cfg.descriptions) if cfg.descriptions else None
+    conf, pseudo, _ = score_dataset(teacher, dataset, superset, templates, cfg.batch_size, cfg.scale, descriptions)
+    result = curate_by_confidence(conf, pseudo, list(dataset.ids), superset, cfg.mode, cfg.tau, cfg.top_fraction)
+    log.info("curation (%s, threshold %.3f): kept %d / %d images", result.mode, result.threshold,
+             result.num_kept, result.total)
+    return result
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def curation_report(result: CurationResult, true_labels: Sequence[int | None],
+                    dataset_class_names: Sequence[str], superset_names: Sequence[str]) -> dict[str, Any]:
+    """Evaluate a curation with ground truth (used here only, never for selection).
+
+    A pseudo-label is correct when its superset NAME equals the true class NAME (compared lower-case,
+    underscores as spaces), so a superset larger than the dataset's classes is handled. Images with an
+    unknown label (None or -1) are left out of the accuracies.
+
+        kept_pseudo_acc      = mean_{i kept, y_i known} [name(pseudo_i) == name(y_i)]
+        discarded_pseudo_acc = the same over the discarded images (None when there are none)
+
+    Args:
+        result: the curation to evaluate.
+        true_labels: N ground-truth indices into `dataset_class_names`, dataset order (None / -1 unknown).
+        dataset_class_names: the dataset's class names.
+        superset_names: the superset the pseudo-labels index (normally `result.superset`).
+
+    Returns:
+        {kept, total, kept_fraction, threshold, mode, kept_pseudo_acc, discarded_pseudo_acc,
+        all_pseudo_acc, mean_conf_kept, mean_conf_discarded, kept_per_pseudo_class}.
+    """
+    if len(true_labels) != result.total:
+        raise ValueError(f"{len(true_labels)} true labels for {result.total} scored images")
+    pseudo_names = [_norm_name(superset_names[k]) for k in result.all_pseudo_labels]
+    known = np.array([y is not None and y >= 0 for y in true_labels])
+    correct = np.array([bool(known[i]) and pseudo_names[i] == _norm_name(dataset_class_names[true_labels[i]])
+                        for i in range(result.total)])
+    kept_mask = np.zeros(result.total, dtype=bool)
+    kept_mask[result.kept] = True
+    conf = np.asarray(result.confidences, dtype=np.float64)
+
+    def mean_or_none(values: np.ndarray) -> float | None:
+        return float(values.mean()) if len(values) else None
+
+    per_class: dict[str, int] = {}
+    for name in result.pseudo_names:
+        per_class[name] = per_class.get(name, 0) + 1
+    return {
+        "kept": result.num_kept, "total": result.total, "kept_fraction": result.kept_fraction,
+        "threshold": result.threshold, "mode": result.mode,
+        "kept_pseudo_acc": mean_or_none(correct[kept_mask & known]),
+        "discarded_pseudo_acc": mean_or_none(correct[~kept_mask & known]),
+        "all_pseudo_acc": mean_or_none(correct[known]),
+        "mean_conf_kept": mean_or_none(conf[kept_mask]),
+        "mean_conf_discarded": mean_or_none(conf[~kept_mask]),
+        "kept_per_pseudo_class": dict(sorted(per_class.items())),
+    }
