@@ -34,8 +34,8 @@ class BenchmarkConfig:
     classes: tuple[str, ...] = BENCHMARK_CLASSES
     per_class: dict[str, int] = field(default_factory=lambda: {"teacher_pretrain": 120, "adapt": 160, "eval": 50})
     random_appearance: float = 0.2
-    max_distractors: int = 3
-    occlusion_prob: float = 0.3
+    max_distractors: int = 4
+    occlusion_prob: float = 0.4
     camera_jitter: float = 1.0
     light_jitter: float = 1.0
     shape_jitter: float = 1.0
@@ -152,3 +152,94 @@ class CurationConfig:
 
     def smoke(self) -> "CurationConfig":
         return dataclasses.replace(self, batch_size=8, views=2, cache_batch_size=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: dual-modality distillation (edgevl_lib.train)
+# ----------------------------------------------------------------------------------------------
+
+from typing import TYPE_CHECKING  # noqa: E402  (imports of this appended section)
+
+from .losses import DistillLossConfig  # noqa: E402  (losses imports only torch)
+
+if TYPE_CHECKING:
+    from .data import ModalityEncoding
+
+TRAIN_MODALITIES: tuple[str, ...] = ("dual", "rgb_only", "nonrgb_only")
+TEACHER_MODES: tuple[str, ...] = ("cached", "online")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """EdgeVL stage 1: one weight-shared student distilled from the teacher's RGB embeddings.
+
+    L_d = d(T(x), S(x)) + Σ_m d(T(x), S(x'_m)),  d = L1 on L2-normalised embeddings (losses.dual_distillation_loss)
+
+    Attributes:
+        arch: student architecture for `students.create_student` (default `students.DEFAULT_STUDENT_ARCH`).
+        pretrained: start from timm's ImageNet weights (downloads; never for test archs).
+        image_size: student input side in pixels (views are cut at this size).
+        head: `linear` or `mlp` projection head.
+        modalities: the paired modalities the dataset provides, RGB first, e.g. ("rgb", "depth").
+        train_modalities: which modalities the loss sees: `dual` (RGB + every non-RGB one: EdgeVL L_d),
+            `rgb_only` (d(T(x), S(x)) only) or `nonrgb_only` (Σ_m d(T(x), S(x'_m)) only); the ablation.
+        encodings: modality -> data.ModalityEncoding; modalities not listed use data.default_encoding
+            (rgb identity, depth / thermal fixed-range replicate).
+        losses: loss terms and weights (default {"dual": 1.0}, L1, paper's sum over modalities).
+        epochs: passes over the cached images (one random stored view per image per epoch).
+        batch_size: images per optimiser step (per process under torchrun).
+        lr: peak AdamW learning rate (paper: 1e-4).
+        min_lr: end of the per-step cosine decay (paper: 5e-6).
+        weight_decay: AdamW decoupled weight decay.
+        warmup_epochs: linear warm-up from lr / 100 to lr over this many epochs (may be fractional; 0 = none).
+        amp: mixed precision; None = on for CUDA only (bf16 where supported, else fp16 + GradScaler),
+            True on CPU = bf16 autocast.
+        num_workers: DataLoader workers (0 = load in the training process).
+        seed: seeds the student init, the shuffling and the view choice (same seed -> same weights on CPU).
+        teacher_mode: `cached` (targets = stored view embeddings; no teacher forward) or `online` (the same
+            stored views go through `teacher.encode_image` every step; for the timing comparison).
+        checkpoint_dir: folder of the per-epoch checkpoints; None = `<out_dir>/checkpoints`.
+        ddp: None = DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1); True = require
+            torchrun; False = refuse to run under torchrun.
+        device: torch device; None = CUDA (LOCAL_RANK under torchrun) when present, else CPU.
+
+    >>> Stage1Config().smoke().arch
+    'conv_tiny_test'
+    """
+
+    arch: str = "regnetx_002"  # = students.DEFAULT_STUDENT_ARCH (not imported: it would pull in timm)
+    pretrained: bool = False
+    image_size: int = 64
+    head: str = "linear"
+    modalities: tuple[str, ...] = ("rgb", "depth")
+    train_modalities: str = "dual"
+    encodings: dict[str, ModalityEncoding] = field(default_factory=dict)
+    losses: DistillLossConfig = field(default_factory=DistillLossConfig)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-4
+    min_lr: float = 5e-6
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    amp: bool | None = None
+    num_workers: int = 2
+    seed: int = 0
+    teacher_mode: str = "cached"
+    checkpoint_dir: str | None = None
+    ddp: bool | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_modalities not in TRAIN_MODALITIES:
+            raise ValueError(f"train_modalities={self.train_modalities!r}; use one of {TRAIN_MODALITIES}")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode={self.teacher_mode!r}; use one of {TEACHER_MODES}")
+        if not self.modalities or self.modalities[0] != "rgb":
+            raise ValueError(f"modalities={self.modalities!r} must start with 'rgb' (the teacher's modality)")
+        if self.train_modalities != "rgb_only" and len(self.modalities) < 2:
+            raise ValueError(f"train_modalities={self.train_modalities!r} needs a non-RGB modality in "
+                             f"modalities={self.modalities!r}")
+
+    def smoke(self) -> "Stage1Config":
+        return dataclasses.replace(self, arch="conv_tiny_test", pretrained=False, image_size=32, epochs=2,
+                                   batch_size=8, warmup_epochs=0.0, num_workers=0)
