@@ -1,0 +1,456 @@
+"""EdgeVL stage 1: dual-modality distillation of one weight-shared student from stored teacher embeddings.
+
+For a stored view k of image i (cache.py: the same crop and flip a_ik applied to the RGB image x_i and to
+its paired non-RGB images x'_im), the target is the teacher's embedding of the RGB view, e_ik = T(x_i^(k)),
+and the student sees every trained modality at `cfg.image_size` after `data.encode_modality`:
+
+    L_d = d(T(x), S(x)) + Σ_m d(T(x), S(x'_m)),     d = L1 on L2-normalised embeddings   (train_modalities="dual")
+    L   = d(T(x), S(x))                                                                    ("rgb_only")
+    L   = Σ_m d(T(x), S(x'_m))                                                             ("nonrgb_only")
+
+(`losses.combined_distillation_loss` with `cfg.losses`; other terms and weights are possible). The trained
+modalities go through the student as ONE concatenated batch [S(x); S(x'_1); ...], as in the released code:
+one forward per step, and DistributedDataParallel sees a single forward before each backward.
+
+Optimiser: AdamW, learning rate `lr` -> `min_lr` by a per-step cosine (`cosine_lr_factor`, LambdaLR) after an
+optional linear warm-up. Mixed precision: torch.autocast on CUDA by default (bf16, or fp16 with a GradScaler).
+
+Checkpoints (after every epoch, rank 0, every file atomic), in `cfg.checkpoint_dir` or `<out_dir>/checkpoints`::
+
+    epoch_0003.safetensors / .json        student weights + build config (students.save_student)
+    epoch_0003_optim.safetensors          AdamW state tensors (exp_avg, exp_avg_sq, step)
+    best.safetensors / .json              the epoch with the lowest mean training loss
+    state.json                            written last, so it names a complete checkpoint: epochs done, step,
+                                          optimiser param groups, scheduler / grad-scaler state, RNG states
+                                          (as lists), history, config, the target source (cache key)
+
+`train_stage1(..., resume=True)` continues after the last complete epoch and, on CPU, ends with exactly the
+weights of an uninterrupted run: data order (DistributedSampler seeded by seed + epoch), view choice
+(CachedViewDataset.set_epoch) and the learning rate are functions of the epoch and step, and the optimiser
+and RNG states are restored. No pickle anywhere: tensors in safetensors, the rest in JSON.
+
+Multi-process: `torchrun --nproc_per_node N script.py` (gloo on CPU, nccl on CUDA). Each rank trains on its
+DistributedSampler shard with a DDP-wrapped student; BatchNorm buffers are broadcast from rank 0 at the end
+of every epoch so all ranks hold the weights rank 0 checkpoints.
+
+    cfg = Stage1Config().smoke()
+    result = train_stage1(cfg, dataset, cache, out_dir="reports/02_stage1")   # dataset, cache: notebook 01
+    result.history[-1]["loss"], result.last_checkpoint
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import data, utils
+from .cache import CachedViewDataset, EmbeddingCache, apply_view
+from .config import Stage1Config, to_dict
+from .curation import Teacher
+from .losses import combined_distillation_loss
+from .students import Student, create_student, load_student_weights, save_student
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
+RESUME_IGNORED_FIELDS = ("num_workers", "checkpoint_dir")
+"""Config fields that may change between an interrupted run and its resumption."""
+
+EpochCallback = Callable[[dict[str, Any], Student], None]
+
+
+@dataclass
+class TrainResult:
+    """What `train_stage1` returns.
+
+    Attributes:
+        student: the trained student (unwrapped from DDP), on the training device, in eval mode.
+        history: one dict per epoch: `epoch` (1-based), `loss` (mean total), `parts` (mean of each loss
+            term), `seconds` (wall time of the epoch), `lr` (of the epoch's last step), `images` (over all ranks),
+            `steps`.
+        last_checkpoint: the student weights of the last complete epoch.
+        best_checkpoint: `best.safetensors`, the epoch with the lowest mean training loss.
+        checkpoint_dir: the folder holding the checkpoints and state.json.
+        config: `config.to_dict(cfg)`.
+    """
+
+    student: Student
+    history: list[dict[str, Any]]
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    checkpoint_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Wall time of each epoch (for the cached-vs-online comparison)."""
+        return [h["seconds"] for h in self.history]
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule, modalities, data
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.05) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based), for LambdaLR.
+
+    warm-up (s < W):  f(s) = 0.01 + 0.99 · s / W
+    cosine  (s >= W): f(s) = r + (1 - r) · (1 + cos(π p)) / 2,   p = min(1, (s - W) / max(1, S - W - 1))
+
+    with S = total_steps, W = warmup_steps and r = min_ratio = min_lr / lr, so the first step after the
+    warm-up uses lr and the last step uses min_lr (paper: 1e-4 -> 5e-6).
+
+    >>> cosine_lr_factor(0, 11), cosine_lr_factor(5, 11, min_ratio=0.0), cosine_lr_factor(10, 11, min_ratio=0.1)
+    (1.0, 0.5, 0.1)
+    """
+    if step < warmup_steps:
+        return 0.01 + 0.99 * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def trained_modalities(cfg: Stage1Config) -> list[str]:
+    """The modalities the loss sees, in batch order: `dual` -> all of `cfg.modalities` (RGB first),
+    `rgb_only` -> ["rgb"], `nonrgb_only` -> the non-RGB ones.
+
+    >>> trained_modalities(Stage1Config(modalities=("rgb", "depth"), train_modalities="nonrgb_only"))
+    ['depth']
+    """
+    if cfg.train_modalities == "rgb_only":
+        return [data.RGB]
+    non_rgb = [m for m in cfg.modalities if m != data.RGB]
+    return non_rgb if cfg.train_modalities == "nonrgb_only" else [data.RGB, *non_rgb]
+
+
+class _OnlineViewDataset(CachedViewDataset):
+    """Like CachedViewDataset, but the second item is the RGB view at the teacher's size instead of e_ik.
+
+    Same k (sha256(seed, epoch, row)), same a_ik, so online targets T(view) are the stored embeddings up to
+    float16 rounding.
+    """
+
+    def __getitem__(self, row: int) -> tuple[data.Sample, torch.Tensor]:
+        params = self.cache.view_params(row, self.view_index(row))
+        sample = self.dataset[self.rows[row]]
+        images = apply_view(sample.images, params, self.out_size)
+        teacher_view = apply_view(sample.images[data.RGB], params, self.cache.meta["out_size"])
+        return data.Sample(images=images, label=None, id=sample.id), teacher_view
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed set-up
+# ----------------------------------------------------------------------------------------------
+
+
+def _setup_distributed(cfg: Stage1Config) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts the process group under torchrun (nccl on CUDA, else gloo)."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else \
+        int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        if cfg.ddp:
+            raise RuntimeError("Stage1Config(ddp=True) needs a torchrun launch (WORLD_SIZE > 1); run "
+                               "`torchrun --nproc_per_node N script.py` or set ddp=None")
+        return 0, 1, utils.get_device(cfg.device)
+    if cfg.ddp is False:
+        raise RuntimeError(f"launched with WORLD_SIZE={world} but Stage1Config(ddp=False); set ddp=None to train "
+                           f"with DistributedDataParallel")
+    use_cuda = torch.cuda.is_available() and (cfg.device is None or cfg.device.startswith("cuda"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _amp_settings(cfg: Stage1Config, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype): auto = on for CUDA; bf16 on CPU and on GPUs that support it, else fp16."""
+    enabled = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return enabled, torch.float16
+    return enabled, torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (safetensors + JSON, never pickle)
+# ----------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states as JSON-ready lists."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": [py_version, list(py_state), py_gauss],
+             "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> list[dict[str, Any]]:
+    """Write the optimiser's per-parameter tensors as `<param index>.<name>` to safetensors; return param groups."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for index, per_param in sd["state"].items():
+        for name, value in per_param.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"optimizer state {index}.{name} is a {type(value).__name__}, not a tensor")
+            tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+    with utils.atomic_path(path, suffix=".safetensors") as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+    return sd["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, param_groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in safetensors.torch.load_file(str(path)).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def _config_for_resume(cfg: Stage1Config) -> dict[str, Any]:
+    """The config as JSON would store it, minus the fields that may change on resume."""
+    cfg_dict = json.loads(json.dumps(to_dict(cfg)))
+    return {k: v for k, v in cfg_dict.items() if k not in RESUME_IGNORED_FIELDS}
+
+
+def _target_source(cfg: Stage1Config, cache: EmbeddingCache, teacher: Teacher | None) -> dict[str, Any]:
+    source = {"cache_key": cache.meta.get("key"), "cache_teacher_id": cache.meta["teacher_id"]}
+    if cfg.teacher_mode == "online" and teacher is not None:
+        source["online_teacher_id"] = teacher.id
+    return source
+
+
+def _student_path(ckpt_dir: Path, epochs_done: int) -> Path:
+    return ckpt_dir / f"epoch_{epochs_done:04d}.safetensors"
+
+
+def _save_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                     epochs_done: int, step: int, history: list[dict[str, Any]], best: dict[str, Any],
+                     extra: dict[str, Any]) -> Path:
+    """Write epoch `epochs_done`'s files, then state.json (the commit), then delete older epoch files."""
+    weights = save_student(student, _student_path(ckpt_dir, epochs_done))
+    stem = weights.stem
+    param_groups = _save_optimizer(optimizer, ckpt_dir / f"{stem}_optim.safetensors")
+    state = {"format": STATE_FORMAT, "epochs_done": epochs_done, "step": step, "student": weights.name,
+             "optimizer": f"{stem}_optim.safetensors", "param_groups": param_groups,
+             "scheduler": scheduler.state_dict(), "grad_scaler": scaler.state_dict(), "rng": _rng_state(),
+             "history": history, "best": best, **extra}
+    utils.write_json(ckpt_dir / STATE_FILE, state)
+    for old in ckpt_dir.glob("epoch_*"):
+        if not old.name.startswith(stem):
+            old.unlink()
+    return weights
+
+
+def _load_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                     expected: dict[str, Any]) -> dict[str, Any] | None:
+    """Restore the state state.json names; None when there is none. Raises ValueError when it is another run."""
+    path = ckpt_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text(encoding="utf-8"))
+    diff = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise ValueError(f"{path}: the checkpoint belongs to another run ({lines}). Pass resume=False to start "
+                         f"over in this folder, or use another out_dir / checkpoint_dir.")
+    load_student_weights(student, ckpt_dir / state["student"])
+    _load_optimizer(optimizer, ckpt_dir / state["optimizer"], state["param_groups"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["grad_scaler"]:
+        scaler.load_state_dict(state["grad_scaler"])
+    _set_rng_state(state["rng"])
+    log.info("resuming stage 1 from %s after epoch %d (step %d)", path, state["epochs_done"], state["step"])
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: EmbeddingCache,
+                 teacher: Teacher | None = None, *, out_dir: str | os.PathLike, text_emb: torch.Tensor | None = None,
+                 resume: bool = True, callbacks: Sequence[EpochCallback] | None = None) -> TrainResult:
+    """Train the stage-1 student (module docstring: loss, schedule, checkpoints, torchrun).
+
+    Args:
+        cfg: the stage's configuration.
+        dataset: the PairedDataset the cache was built from; its samples hold every modality in
+            `cfg.modalities` on one pixel grid.
+        cache: the stored views and teacher embeddings (`cache.build_embedding_cache` over the curated
+            images). Its rows are the training set. In `online` mode only its view parameters are used.
+        teacher: the teacher for `teacher_mode="online"` (ignored in `cached` mode).
+        out_dir: the stage's output folder; checkpoints go to `cfg.checkpoint_dir` or `<out_dir>/checkpoints`.
+        text_emb: C x D teacher text embeddings for the `vl_align` / `affinity` loss terms.
+        resume: continue from `state.json` when the checkpoint folder has one (the same run: config except
+            `RESUME_IGNORED_FIELDS`, and the same cache); False deletes its state.json and starts over.
+        callbacks: called as `cb(record, student)` after each epoch's checkpoint, on every rank; `record` is
+            the epoch's history entry. An exception stops training (the checkpoint is already written).
+
+    Returns:
+        TrainResult with the student, the per-epoch history and the checkpoint paths.
+
+    Raises:
+        ValueError: a missing cache / teacher, a teacher whose width differs from the cache, or a checkpoint
+            folder holding another run.
+    """
+    if cache is None:
+        raise ValueError("stage 1 needs the embedding cache: its stored views (and, in cached mode, their teacher "
+                         "embeddings); build it with cache.build_embedding_cache")
+    embed_dim = int(cache.meta["embed_dim"])
+    if cfg.teacher_mode == "online":
+        if teacher is None:
+            raise ValueError("teacher_mode='online' needs the teacher")
+        if int(teacher.embed_dim) != embed_dim:
+            raise ValueError(f"teacher {teacher.id} has embed_dim {teacher.embed_dim}, the cache {embed_dim}")
+        if teacher.id != cache.meta["teacher_id"]:
+            log.warning("online teacher %s differs from the cache's teacher %s", teacher.id, cache.meta["teacher_id"])
+    missing = [m for m in cfg.modalities if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"dataset {dataset.name} lacks modalities {missing} (it has {list(dataset.modalities)})")
+    rank, world, device = _setup_distributed(cfg)
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(out_dir) / "checkpoints"
+    modalities = trained_modalities(cfg)
+
+    utils.seed_everything(cfg.seed)
+    student = create_student(cfg.arch, embed_dim, cfg.image_size, pretrained=cfg.pretrained, head=cfg.head)
+    student = student.to(device)
+    view_cls = _OnlineViewDataset if cfg.teacher_mode == "online" else CachedViewDataset
+    views = view_cls(cache, dataset, cfg.image_size, cfg.seed)
+    sampler = DistributedSampler(views, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader_generator = torch.Generator()
+    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=CachedViewDataset.collate, drop_last=len(sampler) >= cfg.batch_size,
+                        generator=loader_generator, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        cosine_lr_factor, total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        min_ratio=cfg.min_lr / cfg.lr))
+    use_amp, amp_dtype = _amp_settings(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    extra = {"config": _config_for_resume(cfg), "targets": _target_source(cfg, cache, teacher)}
+    if not resume and rank == 0 and (ckpt_dir / STATE_FILE).is_file():
+        log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
+        (ckpt_dir / STATE_FILE).unlink()
+    state = _load_checkpoint(ckpt_dir, student, optimizer, scheduler, scaler, extra) if resume else None
+    start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
+    history: list[dict[str, Any]] = state["history"] if state else []
+    best: dict[str, Any] = state["best"] if state else {"epoch": None, "loss": None}
+    last_checkpoint = ckpt_dir / state["student"] if state else None
+    if state is not None and state.get("world_size") != world:
+        log.warning("resuming a %s-process run with %d processes: shards differ from an uninterrupted run",
+                    state.get("world_size"), world)
+    extra["world_size"] = world
+
+    model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else student
+    log.info("stage 1: %s on %s x%d, %d images, %d steps/epoch, epochs %d..%d, modalities %s, targets %s, amp %s",
+             cfg.arch, device, world, len(views), steps_per_epoch, start_epoch + 1, cfg.epochs, modalities,
+             cfg.teacher_mode, amp_dtype if use_amp else "off")
+    for epoch in range(start_epoch, cfg.epochs):
+        views.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        loader_generator.manual_seed(cfg.seed * 100_003 + epoch)
+        model.train()
+        start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        images, lr = 0, scheduler.get_last_lr()[0]
+        for batch, targets in utils.progress(loader, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
+                                             total=steps_per_epoch, disable=rank != 0):
+            inputs = data.encoder_inputs(batch, modalities, cfg.encodings, size=cfg.image_size)
+            x = torch.cat([inputs[m] for m in modalities]).to(device, non_blocking=True)
+            if cfg.teacher_mode == "online":
+                with torch.no_grad():
+                    targets = teacher.encode_image(targets)
+            targets = targets.to(device, dtype=torch.float32, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                emb = model(x)
+            per_modality = emb.float().split(len(targets))
+            loss, parts = combined_distillation_loss(cfg.losses.weights, targets, per_modality[0],
+                                                     per_modality[1:], text_emb, cfg.losses)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            scheduler.step()
+            step += 1
+            images += len(targets)
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value * len(targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's time includes its queued kernels
+        record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr,
+                               steps_per_epoch, world, device)
+        history.append(record)
+        if world > 1:
+            for buffer in student.buffers():
+                dist.broadcast(buffer, src=0)
+        if best["loss"] is None or record["loss"] < best["loss"]:
+            best = {"epoch": record["epoch"], "loss": record["loss"]}
+            if rank == 0:
+                save_student(student, ckpt_dir / "best.safetensors")
+        if rank == 0:
+            _save_checkpoint(ckpt_dir, student, optimizer, scheduler, scaler, epoch + 1, step, history, best, extra)
+        last_checkpoint = _student_path(ckpt_dir, epoch + 1)
+        if world > 1:
+            dist.barrier()
+        log.info("stage 1 epoch %d/%d: loss %.5f %s, %.1f s, lr %.2e", record["epoch"], cfg.epochs, record["loss"],
+                 {k: round(v, 5) for k, v in record["parts"].items()}, record["seconds"], record["lr"])
+        for callback in callbacks or ():
+            callback(record, student)
+    student.eval()
+    best_path = ckpt_dir / "best.safetensors"
+    return TrainResult(student=student, history=history, last_checkpoint=last_checkpoint,
+                       best_checkpoint=best_path if best_path.is_file() else None, checkpoint_dir=ckpt_dir,
+                       config=to_dict(cfg))
+
+
+def _epoch_record(epoch: int, sums: dict[str, torch.Tensor], images: int, seconds: float, lr: float, steps: int,
+                  world: int, device: torch.device) -> dict[str, Any]:
+    """Mean loss and parts over the epoch's images of all ranks (all-reduced under torchrun)."""
+    names = sorted(sums)
+    totals = torch.stack([torch.tensor(float(images))] + [sums[n].float().cpu() for n in names]).to(device)
+    if world > 1:
+        dist.all_reduce(totals)
+    count = max(float(totals[0]), 1.0)
+    means = {n: float(totals[i + 1]) / count for i, n in enumerate(names)}
+    return {"epoch": epoch + 1, "loss": means.pop("loss", float("nan")), "parts": means, "seconds": seconds,
+            "lr": lr, "images": int(totals[0]), "steps": steps}
