@@ -1,0 +1,273 @@
+"""Int8 quantization of the student (EdgeVL stage 2): PTQ, QAT, conversion, fast CPU inference, int8 artifacts.
+
+The only module of the project that imports torchao. It wraps torchao's PT2E flow with the x86 Inductor
+quantizer, i.e. per-channel symmetric int8 weights and per-tensor affine uint8 activations:
+
+    prepare_ptq (export_for_quant + observers) -> calibrate -> convert          post-training quantization
+    prepare_qat (export_for_quant + fake quant) -> train -> convert              quantization-aware training
+    convert -> compile_int8        torch.compile + Inductor freezing: real oneDNN int8 kernels on x86
+    convert -> save_int8 (.pt2 via torch.export.save) -> load_int8
+
+Fake quantization of a real value `x` with scale `s` and zero point `z` (what QAT trains through, with a
+straight-through gradient, and what `convert` turns into real int8 tensors):
+
+    q(x) = clamp(round(x / s) + z, q_min, q_max),    x_hat = (q(x) - z) * s
+
+weights: int8 in [-128, 127], `z = 0`, one scale per output channel `s_c = max|W_c| / 127.5`;
+activations: uint8, one `(s, z)` per tensor from a histogram observer (PTQ) or a moving-average
+min/max observer (QAT).
+
+>>> prepared = prepare_ptq(student, (images[:2],))
+>>> calibrate(prepared, [images[i:i + 8] for i in range(0, 64, 8)])
+>>> int8 = convert(prepared)
+>>> fast = compile_int8(int8)      # first call per input shape compiles (seconds to a minute)
+>>> save_int8(int8, "student_int8.pt2", (images[:2],))
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch.export import Dim
+from torch.fx import GraphModule
+from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
+
+from .utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+Inputs = tuple[torch.Tensor, ...]
+
+QUANTIZERS = ("x86_inductor",)
+"""Quantizer backends this module knows (the int8 student is benchmarked on x86 CPUs first)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the student is quantized (TODO: move to edgevl_lib.config next to the stage configs).
+
+    Attributes:
+        quantizer: PT2E quantizer backend; only "x86_inductor" (oneDNN int8 kernels through Inductor).
+        calibration_batches: batches `calibrate` feeds through a PTQ-prepared model.
+        is_qat: fake-quant modules with trainable weights (QAT) instead of observers (PTQ).
+        per_channel: per-output-channel weight scales; the x86 quantizer supports only True.
+        reduce_range: 7-bit activations for CPUs without VNNI (avoids int16 overflow in u8*s8 dot products).
+        dynamic_batch: export with a symbolic batch dimension so one artifact serves every batch size.
+    """
+
+    quantizer: str = "x86_inductor"
+    calibration_batches: int = 8
+    is_qat: bool = False
+    per_channel: bool = True
+    reduce_range: bool = False
+    dynamic_batch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {QUANTIZERS}")
+        if not self.per_channel:
+            raise ValueError("X86InductorQuantizer quantizes weights per channel only (per_channel=True)")
+
+    def smoke(self) -> "QuantConfig":
+        return dataclasses.replace(self, calibration_batches=min(self.calibration_batches, 2))
+
+
+def build_quantizer(cfg: QuantConfig) -> X86InductorQuantizer:
+    """The torchao quantizer for `cfg`: int8 per-channel symmetric weights, uint8 per-tensor activations."""
+    config = get_default_x86_inductor_quantization_config(is_qat=cfg.is_qat, reduce_range=cfg.reduce_range)
+    return X86InductorQuantizer().set_global(config)
+
+
+def _batch_dynamic_shapes(example_inputs: Inputs) -> tuple[dict[int, Dim], ...]:
+    batch = Dim("batch", min=1, max=4096)
+    return tuple({0: batch} for _ in example_inputs)
+
+
+def export_for_quant(model: torch.nn.Module, example_inputs: Inputs, dynamic_batch: bool = True) -> GraphModule:
+    """Capture `model` as an ATen graph for PT2E quantization: `torch.export.export(...).module()`.
+
+    The model is traced in its current train/eval mode (batch norm and dropout are baked into the graph;
+    switch them later with `set_training`).
+
+    Args:
+        model: the float student.
+        example_inputs: a tuple of example tensors; with `dynamic_batch` their batch size must be >= 2
+            (torch.export specialises sizes 0 and 1).
+        dynamic_batch: mark dim 0 of every input symbolic, so the graph runs at any batch size.
+
+    Returns:
+        The exported graph module (not yet quantized).
+    """
+    dynamic_shapes = _batch_dynamic_shapes(example_inputs) if dynamic_batch else None
+    return torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes).module()
+
+
+def _export_in_mode(model: torch.nn.Module, example_inputs: Inputs, training: bool, dynamic_batch: bool
+                    ) -> GraphModule:
+    was_training = model.training
+    model.train(training)
+    try:
+        return export_for_quant(model, example_inputs, dynamic_batch)
+    finally:
+        model.train(was_training)
+
+
+def prepare_ptq(model: torch.nn.Module, example_inputs: Inputs, cfg: QuantConfig | None = None) -> GraphModule:
+    """Export `model` in eval mode and insert observers for post-training quantization.
+
+    Args:
+        model: the float student (its own train/eval mode is restored afterwards).
+        example_inputs: example tensors, batch size >= 2 when `cfg.dynamic_batch`.
+        cfg: quantization settings; `is_qat` is ignored (PTQ).
+
+    Returns:
+        The prepared graph; feed it data with `calibrate`, then `convert` it.
+    """
+    cfg = cfg or QuantConfig()
+    exported = _export_in_mode(model, example_inputs, training=False, dynamic_batch=cfg.dynamic_batch)
+    return prepare_pt2e(exported, build_quantizer(dataclasses.replace(cfg, is_qat=False)))
+
+
+@torch.no_grad()
+def calibrate(prepared: GraphModule, batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
+              max_batches: int | None = None) -> GraphModule:
+    """Run calibration data through a prepared model so its observers record activation ranges.
+
+    Args:
+        prepared: output of `prepare_ptq` (or a QAT model whose observers should see more data).
+        batches: input tensors, or tuples of inputs, one per forward call.
+        max_batches: stop after this many batches (e.g. `QuantConfig.calibration_batches`).
+
+    Returns:
+        `prepared`, in eval mode, observers updated in place.
+    """
+    set_training(prepared, False)
+    n = 0
+    for batch in batches:
+        if max_batches is not None and n >= max_batches:
+            break
+        if isinstance(batch, torch.Tensor):
+            prepared(batch)
+        else:
+            prepared(*batch)
+        n += 1
+    log.info("calibrated on %d batches", n)
+    return prepared
+
+
+def prepare_qat(model: torch.nn.Module, example_inputs: Inputs, cfg: QuantConfig | None = None) -> GraphModule:
+    """Export `model` in train mode and insert trainable fake quantization (QAT).
+
+    Weights stay float parameters; every forward fake-quantizes them per channel and fake-quantizes
+    activations per tensor, gradients pass straight through `round`. Conv + batch norm pairs are fused
+    in the QAT way (batch statistics during training, folded into the conv at `convert`).
+
+    Args:
+        model: the float student (its own train/eval mode is restored afterwards).
+        example_inputs: example tensors, batch size >= 2 when `cfg.dynamic_batch`.
+        cfg: quantization settings; `is_qat` is forced True.
+
+    Returns:
+        The prepared graph in train mode: optimise `prepared.parameters()`, then `convert`.
+    """
+    cfg = cfg or QuantConfig(is_qat=True)
+    exported = _export_in_mode(model, example_inputs, training=True, dynamic_batch=cfg.dynamic_batch)
+    prepared = prepare_qat_pt2e(exported, build_quantizer(dataclasses.replace(cfg, is_qat=True)))
+    return set_training(prepared, True)
+
+
+def set_training(prepared: GraphModule, training: bool) -> GraphModule:
+    """Train/eval switch for an exported graph (`.train()`/`.eval()` do not rewrite its batch norm/dropout).
+
+    Uses torchao's `move_exported_model_to_train` / `move_exported_model_to_eval`; fake-quant observers
+    keep updating in both modes (they are switched off by `convert`).
+    """
+    return move_exported_model_to_train(prepared) if training else move_exported_model_to_eval(prepared)
+
+
+def convert(prepared: GraphModule) -> GraphModule:
+    """Turn a calibrated (PTQ) or trained (QAT) model into the int8 model (`convert_pt2e`).
+
+    Weights become int8 constants with per-channel scales, activations get quantize/dequantize pairs
+    with the observed per-tensor `(s, z)`. Eager execution of the result is a float simulation of the
+    int8 arithmetic; `compile_int8` lowers the pairs to real oneDNN int8 kernels.
+    """
+    set_training(prepared, False)
+    return convert_pt2e(prepared)
+
+
+def compile_int8(model: torch.nn.Module, dynamic: bool | None = False) -> Callable[..., torch.Tensor]:
+    """Compile a converted model with Inductor freezing so q/dq patterns become oneDNN int8 conv/linear.
+
+    Freezing constant-folds and prepacks the int8 weights (torchao registers the x86 int8 fusion
+    passes when its x86 quantizer is imported) and only applies to inference, so every call runs under
+    `torch.no_grad()` and `torch._inductor.config.patch(freezing=True)`. The patch, rather than
+    `torch.compile(..., options={"freezing": True})`, is deliberate: with torch 2.14 the per-compile option
+    does not freeze the weights and compilation fails on `onednn.qconv_prepack` (no fake kernel); the
+    scoped patch keeps the process-wide `torch._inductor.config.freezing` untouched.
+
+    Args:
+        model: output of `convert` (or `load_int8`); a float model works too (the fp32 baseline).
+        dynamic: passed to `torch.compile`; False specialises (and recompiles) per input shape.
+
+    Returns:
+        A function with the model's signature; the first call per input shape compiles.
+    """
+    compiled = torch.compile(model, dynamic=dynamic)
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            return compiled(*inputs)
+
+    return run
+
+
+def save_int8(model: GraphModule, path: str | os.PathLike, example_inputs: Inputs, dynamic_batch: bool = True
+              ) -> Path:
+    """Save a converted int8 model as a torch.export program (`.pt2`, int8 weights on disk).
+
+    Args:
+        model: output of `convert`.
+        path: destination file, conventionally `*.pt2`; written atomically.
+        example_inputs: example tensors for re-export (batch >= 2 with `dynamic_batch`).
+        dynamic_batch: keep the batch dimension symbolic in the saved program.
+
+    Returns:
+        `path`.
+    """
+    dynamic_shapes = _batch_dynamic_shapes(example_inputs) if dynamic_batch else None
+    # A GraphModule built from the graph copies only the attributes the graph reads: convert_pt2e leaves
+    # the original float weights on the module next to their folded int8 copies, and export would save both.
+    used_only = GraphModule(model, model.graph)
+    program = torch.export.export(used_only, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
+    program.example_inputs = None  # not needed to run; would add one float input batch to the file
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    with atomic_path(path, suffix=".pt2") as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    log.info("saved int8 program to %s (%d bytes)", path, model_size_bytes(path))
+    return Path(path)
+
+
+def load_int8(path: str | os.PathLike) -> GraphModule:
+    """Load a `.pt2` saved by `save_int8` (torch.export.load: no arbitrary unpickling) as a runnable module."""
+    return torch.export.load(path).module()
+
+
+def model_size_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of a model file, or the sum over files of a model folder."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
