@@ -75,9 +75,10 @@ class TeacherConfig:
     open_clip weights are never downloaded unless `allow_download=True` or `EDGEVL_ALLOW_DOWNLOAD=1`;
     `checkpoint` (a local open_clip_pytorch_model.bin / .safetensors) takes precedence over `pretrained`.
 
-    Embedded-teacher knobs: `image_size` (teacher input), `cut_block` (the EfficientNet-lite0 block whose pooled
-    output feeds the head: 0-6 = blocks.N, 7 = conv_head, the full backbone), `head_hidden`, `epochs`, `lr`,
-    `weight_decay`, `batch_size`, `hflip` (add mirrored views of the pretrain images), `seed`.
+    Embedded-teacher knobs: `image_size` (teacher input), `feature_blocks` (EfficientNet-lite0 blocks whose pooled
+    outputs, concatenated, feed the head: 0-6 = blocks.N, 7 = conv_head; the last one is the cut point),
+    `head_hidden`, `epochs`, `lr`, `weight_decay`, `batch_size`, `hflip` (add mirrored views of the pretrain
+    images), `seed`. Same data + knobs -> same head (cached under utils.cache_dir()/teachers/).
     """
 
     kind: str = "embedded"
@@ -93,9 +94,9 @@ class TeacherConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pretrain_root: str | None = None
     image_size: int = 128
-    cut_block: int = 4
+    feature_blocks: tuple[int, ...] = (4, 5, 6)
     head_hidden: int = 512
-    epochs: int = 60
+    epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 0.05
     batch_size: int = 128
