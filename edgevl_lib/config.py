@@ -123,7 +123,8 @@ class CurationConfig:
             most confident images).
         tau: confidence threshold for `threshold`.
         top_fraction: f for `top_fraction`.
-        scale: logit scale s in softmax(s * cos); 100 is CLIP's.
+        scale: logit scale s in softmax(s * cos); None = the teacher's own (CLIP's learned 100; the
+            embedded teacher's calibrated scale).
         superset: label superset file (a path, or a file name in edgevl_lib/prompts/).
         templates: prompt templates file (same lookup).
         descriptions: optional JSON {name: description} for LLM-enriched prompts; None = templates only.
@@ -139,7 +140,7 @@ class CurationConfig:
     mode: str = "threshold"
     tau: float = 0.25
     top_fraction: float = 0.5
-    scale: float = 100.0
+    scale: float | None = None
     superset: str = "embedded_superset.txt"
     templates: str = "templates.txt"
     descriptions: str | None = None
@@ -152,7 +153,9 @@ class CurationConfig:
     seed: int = 0
 
     def smoke(self) -> "CurationConfig":
-        return dataclasses.replace(self, batch_size=8, views=2, cache_batch_size=8)
+        # top_fraction: a 2-epoch teacher on 30 images is too unsure for any tau, and stage 1 needs kept images
+        return dataclasses.replace(self, mode="top_fraction", top_fraction=0.5, batch_size=8, views=2,
+                                   cache_batch_size=8)
 
 
 # ----------------------------------------------------------------------------------------------

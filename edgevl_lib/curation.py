@@ -326,7 +326,7 @@ def curate_by_confidence(conf: torch.Tensor | np.ndarray | Sequence[float],
 
 @torch.no_grad()
 def score_dataset(teacher: Teacher, dataset: torch.utils.data.Dataset, superset: Sequence[str],
-                  templates: Sequence[str], batch_size: int = 64, scale: float = 100.0,
+                  templates: Sequence[str], batch_size: int = 64, scale: float | None = None,
                   descriptions: Mapping[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the teacher over the dataset's RGB images and score them against the superset.
 
@@ -336,7 +336,7 @@ def score_dataset(teacher: Teacher, dataset: torch.utils.data.Dataset, superset:
         superset: label superset names.
         templates: prompt templates (`{}` = name).
         batch_size: images per teacher call.
-        scale: logit scale s.
+        scale: logit scale s; None = the teacher's own `logit_scale` (CLIP: 100), else 100.
         descriptions: optional {name: description} for LLM-enriched prompts.
 
     Returns:
@@ -352,8 +352,13 @@ def score_dataset(teacher: Teacher, dataset: torch.utils.data.Dataset, superset:
                                  f"{[k for k in batch if k not in ('label', 'id')]}); curation scores RGB.")
         embs.append(teacher.encode_image(batch[data.RGB]).float().cpu())
     image_emb = torch.cat(embs) if embs else torch.zeros(0, teacher.embed_dim)
-    conf, pseudo = confidence(image_emb, text, scale)
+    conf, pseudo = confidence(image_emb, text, teacher_logit_scale(teacher) if scale is None else scale)
     return conf, pseudo, image_emb
+
+
+def teacher_logit_scale(teacher: Teacher) -> float:
+    """The teacher's zero-shot logit scale s (`teacher.logit_scale`), or CLIP's 100 when it has none."""
+    return float(getattr(teacher, "logit_scale", 100.0))
 
 
 def curate_dataset(teacher: Teacher, dataset: data.PairedDataset, cfg: "CurationConfig") -> CurationResult:

@@ -56,11 +56,14 @@ class Teacher(Protocol):
             `open_clip:ViT-g-14:laion2b_s34b_b88k:224:bicubic:clipnorm`; caches key on it.
         embed_dim: D, the width of both embeddings.
         image_size: the teacher's input size (images of any size are resized to it).
+        logit_scale: s in softmax(s * cos) for zero-shot probabilities (CLIP's learned exp(t), 100 for
+            OpenCLIP models; the embedded teacher's is calibrated on held-out pretrain images).
     """
 
     id: str
     embed_dim: int
     image_size: int
+    logit_scale: float
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW float RGB in [0, 1], any H, W -> BxD L2-normalised float32 (resize + normalise inside)."""
@@ -297,6 +300,7 @@ class OpenClipTeacher:
             model_name, pretrained=weights, device=self.device, cache_dir=cache_dir,
             force_quick_gelu=force_quick_gelu, **tag_pp)
         self.model = model.eval().requires_grad_(False)
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
         self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
         pp = open_clip.get_model_preprocess_cfg(self.model)
         size = pp.get("size", 224)
@@ -353,6 +357,8 @@ class EnsembleTeacher:
         self.mode = mode
         self.embed_dim: int = sum(m.embed_dim for m in self.members)
         self.image_size: int = max(m.image_size for m in self.members)
+        # cos of concatenated normalised embeddings = mean of member cosines, so the scales average too
+        self.logit_scale = sum(m.logit_scale for m in self.members) / len(self.members)
         self.id: str = f"ensemble:{mode}[" + "|".join(m.id for m in self.members) + "]"
 
     @torch.no_grad()
@@ -395,7 +401,9 @@ def ensemble_soft_targets(members: Sequence[Teacher], images: torch.Tensor, text
 EFFICIENTNET_ARCH = "tf_efficientnet_lite0"
 EFFICIENTNET_MEAN = (0.5, 0.5, 0.5)
 EFFICIENTNET_STD = (0.5, 0.5, 0.5)
-EMBEDDED_CACHE_VERSION = 1
+EMBEDDED_CACHE_VERSION = 2
+CALIBRATION_SHARE = 0.1
+"""Share of the teacher_pretrain images held out (seeded) to calibrate the logit scale."""
 
 
 def efficientnet_lite0_path() -> Path:
@@ -587,6 +595,7 @@ class EmbeddedTeacher:
         self.embed_dim = int(text.embed_dim)
         self.mean, self.std, self.interpolation = EFFICIENTNET_MEAN, EFFICIENTNET_STD, "bicubic"
         self.head_hash = tensor_dict_hash(head.state_dict())
+        self.logit_scale = float(head.logit_scale.detach().exp())  # calibrated on held-out pretrain images
         self.train_info: dict[str, Any] = {}  # filled by train_embedded_teacher (accuracy, seconds, cache path)
         self.id = (f"embedded:{EFFICIENTNET_ARCH}@{backbone.cut_name}+mlp{head.fc1.out_features}-{self.head_hash}:"
                    f"{text.id}:{self.image_size}:{self.interpolation}:{norm_tag(self.mean, self.std)}")
@@ -664,6 +673,30 @@ def _train_config_dict(cfg: TeacherConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keys}
 
 
+def calibrate_logit_scale(img_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
+                          scales: torch.Tensor | None = None) -> dict[str, float]:
+    """Temperature scaling (Guo et al., 2017) of a CLIP-style classifier on held-out labelled images.
+
+    Picks the logit scale s that minimises the held-out negative log-likelihood
+
+        s* = argmin_s  -(1/N) sum_i log softmax_k(s * <f(x_i), w_k>)[y_i],
+
+    over a log-spaced grid in [1, 100] (100 is CLIP's cap). A head fitted to its training images is
+    over-confident at its training scale; the calibrated scale makes the zero-shot confidences that curation
+    thresholds (tau) mean what they say, as CLIP's learned scale does for CLIP.
+
+    Returns:
+        {"logit_scale": s*, "nll": its NLL, "accuracy": held-out top-1, "images": N}.
+    """
+    grid = scales if scales is not None else torch.logspace(0, 2, 201)
+    cos = img_emb.float() @ class_emb.float().t()
+    y = labels.to(cos.device)
+    nll = torch.stack([F.cross_entropy(s * cos, y) for s in grid.tolist()])
+    best = int(nll.argmin())
+    return {"logit_scale": float(grid[best]), "nll": float(nll[best]),
+            "accuracy": float((cos.argmax(-1) == y).float().mean()), "images": int(len(y))}
+
+
 def train_embedded_teacher(pretrain_dataset: Any, cfg: TeacherConfig, *, device: str | torch.device | None = None,
                            use_cache: bool = True) -> EmbeddedTeacher:
     """Train (or load from cache) the EmbeddedTeacher's head on a labelled RGB dataset.
@@ -720,8 +753,15 @@ def train_embedded_teacher(pretrain_dataset: Any, cfg: TeacherConfig, *, device:
 
     gen = seed_everything(cfg.seed)
     backbone = backbone.to(device).eval()
-    feats = _extract_features(backbone, images, cfg.image_size, cfg.hflip, device)
-    y = labels.repeat(len(feats) // len(labels)).to(device)
+    all_feats = _extract_features(backbone, images, cfg.image_size, cfg.hflip, device)
+    n_img = len(images)
+    held_out = torch.zeros(n_img, dtype=torch.bool)  # a seeded random CALIBRATION_SHARE of the images
+    held_out[torch.randperm(n_img, generator=torch.Generator().manual_seed(cfg.seed))[
+        :max(1, round(CALIBRATION_SHARE * n_img))]] = True
+    train_rows = torch.cat([v * n_img + torch.nonzero(~held_out).flatten()
+                            for v in range(len(all_feats) // n_img)]).to(all_feats.device)
+    feats, y = all_feats[train_rows], labels.repeat(len(all_feats) // n_img).to(device)[train_rows]
+    calib_feats, calib_y = all_feats[:n_img][held_out.to(all_feats.device)], labels[held_out].to(device)
     t_feat = time.perf_counter() - t0
     prompts = [t.format(c) for t in cfg.templates for c in class_names]
     text_emb = text(prompts).to(device).view(len(cfg.templates), len(class_names), -1)  # T x K x D
@@ -754,7 +794,12 @@ def train_embedded_teacher(pretrain_dataset: Any, cfg: TeacherConfig, *, device:
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(-1) == y[idx]).sum())
     head.eval()
+    calibration = calibrate_logit_scale(F.normalize(head(calib_feats).detach(), dim=-1),
+                                        F.normalize(text_emb.mean(0), dim=-1), calib_y)
+    with torch.no_grad():
+        head.logit_scale.fill_(math.log(calibration["logit_scale"]))
     info = {"train_loss": loss_sum / n, "train_acc": correct / n, "n_images": len(images), "n_views": n,
+            "calibration": calibration,
             "classes": class_names, "feature_seconds": t_feat, "build_seconds": time.perf_counter() - t0,
             "logit_scale": float(head.logit_scale.detach().exp()), "config": _train_config_dict(cfg),
             "data_hash": data_hash}

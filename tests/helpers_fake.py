@@ -30,6 +30,7 @@ class FakeTeacher:
     def __init__(self, id: str = "fake-teacher", embed_dim: int = 16, image_size: int = 24, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.id, self.embed_dim, self.image_size, self.calls = id, embed_dim, image_size, 0
+        self.logit_scale = 100.0
         self.weight = torch.randn(8, 3, 3, 3, generator=g) * 0.5
         self.proj = torch.randn(8 * 4 * 4, embed_dim, generator=g)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ class StubTeacher:
         g = torch.Generator().manual_seed(seed)
         self.w = torch.randn(dim, 3, generator=g)
         self.seed, self.embed_dim, self.image_size, self.id = seed, dim, 8, f"{name}{seed}"
+        self.logit_scale = 10.0 + seed
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(images.mean(dim=(2, 3)) @ self.w.t(), dim=-1)
@@ -290,3 +292,21 @@ def test_embedded_teacher_refuses_eval_split(tmp_path):
     ds.root = tmp_path / "eval"
     with pytest.raises(ValueError, match="teacher_pretrain"):
         train_embedded_teacher(ds, TeacherConfig().smoke(), device="cpu", use_cache=False)
+
+
+def test_calibrated_logit_scale_matches_the_closed_form_optimum():
+    # two classes, cos gap d = 0.1 for every image, a share p = 0.9 of them labelled with the closer class:
+    # NLL(s) = p log(1 + e^{-sd}) + (1 - p) log(1 + e^{sd}) is minimised at s* = ln(p / (1 - p)) / d = 21.97
+    from edgevl_lib.teachers import calibrate_logit_scale
+
+    img = torch.tensor([[1.0, 0.0]]).repeat(10, 1)
+    cls = torch.tensor([[0.6, 0.8], [0.5, 0.866]])  # cos 0.6 vs 0.5
+    labels = torch.tensor([0] * 9 + [1])
+    out = calibrate_logit_scale(img, cls, labels)
+    assert abs(out["logit_scale"] - math.log(9) / 0.1) / (math.log(9) / 0.1) < 0.025  # grid step is 2.3 %
+    assert out["accuracy"] == pytest.approx(0.9) and out["images"] == 10
+
+
+def test_ensemble_logit_scale_is_the_members_mean():
+    ens = EnsembleTeacher([StubTeacher(4, seed=0), StubTeacher(6, seed=2)])
+    assert ens.logit_scale == 11.0
