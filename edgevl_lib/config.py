@@ -145,7 +145,7 @@ class CurationConfig:
     templates: str = "templates.txt"
     descriptions: str | None = None
     batch_size: int = 64
-    views: int = 8
+    views: int = 4
     crop_scale: tuple[float, float] = (0.6, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     view_size: int | None = None
