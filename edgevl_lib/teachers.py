@@ -335,6 +335,49 @@ class OpenClipTeacher:
         return F.normalize(torch.cat(out), dim=-1)
 
 
+class RandomOpenClipTeacher(OpenClipTeacher):
+    """TIMING ONLY: an open_clip architecture with RANDOM weights (`pretrained=None`). Not a teacher.
+
+    Its embeddings carry no meaning; it exists to measure what a teacher forward costs (e.g. the stage-1 epoch
+    with `teacher_mode="online"` against stored embeddings, `stage1.time_cached_vs_online`). Compute is that of the
+    real model: same architecture, input size and preprocessing (open_clip's defaults for the architecture).
+    Nothing is downloaded. The id starts with `random-open_clip:` so it is never mistaken for a real teacher.
+
+    Args:
+        model_name: an open_clip architecture, e.g. `ViT-B-16`.
+        embed_dim: override the joint embedding width (only the final projections change; default: the
+            architecture's), e.g. to match a cache built by another teacher.
+        seed: seed of the random initialisation.
+        device: torch device (default utils.get_device()).
+
+    >>> RandomOpenClipTeacher("ViT-B-16", embed_dim=384).encode_image(torch.rand(2, 3, 64, 64)).shape  # doctest: +SKIP
+    torch.Size([2, 384])
+    """
+
+    def __init__(self, model_name: str = "ViT-B-16", *, embed_dim: int | None = None, seed: int = 0,
+                 device: str | torch.device | None = None) -> None:
+        import open_clip
+
+        self.device = torch.device(device) if device is not None else get_device()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(model_name, pretrained=None, device=self.device,
+                                           **({"embed_dim": embed_dim} if embed_dim else {}))
+        self.model = model.eval().requires_grad_(False)
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        pp = open_clip.get_model_preprocess_cfg(self.model)
+        size = pp.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean = tuple(float(v) for v in pp.get("mean", OPENAI_CLIP_MEAN))
+        self.std = tuple(float(v) for v in pp.get("std", OPENAI_CLIP_STD))
+        self.interpolation = pp.get("interpolation", "bicubic")
+        self.resize_mode = pp.get("resize_mode", "shortest")
+        self.embed_dim = int(self.model.visual.output_dim)
+        self.id = f"random-open_clip:{model_name}:seed{seed}:D{self.embed_dim}:{self.image_size}"
+        log.warning("teacher %s has RANDOM weights: for timing only", self.id)
+
+
 # ----------------------------------------------------------------------------------------------
 # Ensemble (MobileCLIP)
 # ----------------------------------------------------------------------------------------------
