@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import data, utils
-from .curation import Teacher
+from .teachers import Teacher
 
 log = logging.getLogger(__name__)
 

@@ -33,12 +33,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import data, utils
+from .teachers import Teacher, prompt_ensemble
 
 if TYPE_CHECKING:
     from .config import CurationConfig
@@ -50,22 +51,6 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
 MODES = ("threshold", "top_fraction")
 DESCRIPTION_TEMPLATE = "a photo of a {name}. {description}"
-
-
-class Teacher(Protocol):
-    """The teacher interface curation and the embedding cache code against (see edgevl_lib.teachers)."""
-
-    id: str
-    embed_dim: int
-    image_size: int
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Bx3xHxW RGB in [0, 1], any size -> BxD L2-normalised."""
-        ...
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """B strings -> BxD L2-normalised."""
-        ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,20 +150,6 @@ def build_prompts(names: Sequence[str], templates: Sequence[str],
             per_class.append(DESCRIPTION_TEMPLATE.format(name=name, description=descriptions[name]))
         prompts.append(per_class)
     return prompts
-
-
-@torch.no_grad()
-def text_embeddings(teacher: Teacher, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
-    """Class text embeddings t_k = normalize(mean_j encode_text(prompt_kj)) (CLIP prompt ensembling).
-
-    Returns:
-        KxD float32, rows L2-normalised.
-    """
-    rows = []
-    for per_class in prompts:
-        emb = teacher.encode_text(list(per_class)).float().cpu()
-        rows.append(torch.nn.functional.normalize(emb.mean(dim=0), dim=0))
-    return torch.stack(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +313,7 @@ def score_dataset(teacher: Teacher, dataset: torch.utils.data.Dataset, superset:
     Returns:
         (conf, pseudo, image_emb): N confidences, N superset indices, NxD float32 image embeddings.
     """
-    text = text_embeddings(teacher, build_prompts(superset, templates, descriptions))
+    text = prompt_ensemble(teacher, build_prompts(superset, templates, descriptions))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          collate_fn=data.collate_samples)
     embs = []

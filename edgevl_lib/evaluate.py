@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import data, utils
-from .curation import CurationResult, Teacher
+from .curation import CurationResult
+from .teachers import Teacher
 from .students import Student
 
 log = logging.getLogger(__name__)

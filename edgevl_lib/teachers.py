@@ -83,6 +83,28 @@ class TeacherWeightsMissing(FileNotFoundError):
 # ----------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def prompt_ensemble(teacher: Teacher, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Class text embeddings by CLIP prompt ensembling: w_k = normalise(mean_j normalise(g(prompt_kj))).
+
+    Args:
+        teacher: any Teacher.
+        prompts: for each of K classes, its prompts (any number per class, e.g. templates + a description).
+
+    Returns:
+        KxD float32, rows L2-normalised.
+    """
+    if not prompts or not all(prompts):
+        raise ValueError("prompt_ensemble needs at least one prompt for every class")
+    flat = [p for per_class in prompts for p in per_class]
+    emb = F.normalize(teacher.encode_text(flat).float().cpu(), dim=-1)
+    rows, start = [], 0
+    for per_class in prompts:
+        rows.append(emb[start:start + len(per_class)].mean(dim=0))
+        start += len(per_class)
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
 def text_classifier(teacher: Teacher, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """CLIP zero-shot classifier weights: w_k = normalise(mean_j normalise(g(template_j.format(c_k)))).
 
@@ -99,10 +121,7 @@ def text_classifier(teacher: Teacher, class_names: Sequence[str], templates: Seq
     """
     if not class_names or not templates:
         raise ValueError("text_classifier needs at least one class name and one template")
-    prompts = [t.format(c) for c in class_names for t in templates]
-    emb = F.normalize(teacher.encode_text(prompts).float(), dim=-1)
-    emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1)
+    return prompt_ensemble(teacher, [[t.format(c) for t in templates] for c in class_names])
 
 
 def zero_shot_logits(img_emb: torch.Tensor, text_emb: torch.Tensor, scale: float = 100.0) -> torch.Tensor:

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import data, utils
 from .cache import CachedViewDataset, EmbeddingCache, apply_view
 from .config import Stage1Config, to_dict
-from .curation import Teacher
+from .teachers import Teacher
 from .losses import combined_distillation_loss
 from .students import Student, create_student, load_student_weights, save_student
 

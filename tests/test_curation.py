@@ -13,7 +13,8 @@ from edgevl_lib import data
 from edgevl_lib.config import BENCHMARK_CLASSES, CurationConfig
 from edgevl_lib.curation import (CurationResult, build_prompts, confidence, curate_by_confidence, curate_dataset,
                                  curation_report, load_descriptions, load_label_superset, load_templates,
-                                 score_dataset, text_embeddings)
+                                 score_dataset)
+from edgevl_lib.teachers import prompt_ensemble
 
 SUPERSET = ["chair", "table", "lamp", "vase"]
 # 3 images x 4 classes, worked by hand with scale s = ln 3 and text embeddings t_k = e_k:
@@ -175,7 +176,7 @@ def test_score_dataset_equals_the_equation_on_teacher_embeddings():
     teacher, ds = FakeTeacher(), RandomImages()
     templates = ["a photo of a {}.", "a {}."]
     conf, pseudo, emb = score_dataset(teacher, ds, SUPERSET, templates, batch_size=4, scale=10.0)
-    text = text_embeddings(teacher, build_prompts(SUPERSET, templates))
+    text = prompt_ensemble(teacher, build_prompts(SUPERSET, templates))
     images = teacher.encode_image(torch.stack([s.images["rgb"] for s in ds]))
     torch.testing.assert_close(emb, images)
     expected_conf, expected_pseudo = confidence(images, text, 10.0)
