@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -53,9 +53,18 @@ class CurationArtifacts:
     seconds: dict[str, float]
 
 
-def load_splits(dataset: str, data_root: str | None, bench_cfg: BenchmarkConfig) -> tuple[PairedDataset, PairedDataset]:
-    """(adapt, eval) of a dataset; the embedded benchmark is rendered on first use."""
-    opts: dict[str, Any] = {"config": bench_cfg} if dataset == "embedded" else {}
+def load_splits(dataset: str, data_root: str | None, bench_cfg: BenchmarkConfig,
+                classes: Sequence[str] | None = None) -> tuple[PairedDataset, PairedDataset]:
+    """(adapt, eval) of a dataset; the embedded benchmark is rendered on first use.
+
+    `classes` overrides the class list: for `embedded` it selects the rendered classes, for real datasets it is
+    the loader's `class_names` (scene types outside it become unlabeled).
+    """
+    if dataset == "embedded":
+        opts: dict[str, Any] = {"config": dataclasses.replace(bench_cfg, classes=tuple(classes))
+                                if classes else bench_cfg}
+    else:
+        opts = {"class_names": list(classes)} if classes else {}
     return (load_dataset(dataset, data_root, split="adapt", **opts),
             load_dataset(dataset, data_root, split="eval", **opts))
 
@@ -70,7 +79,8 @@ def _curation_key(teacher: Teacher, adapt: PairedDataset, cfg: CurationConfig) -
 
 def run_curation(dataset: str = "embedded", data_root: str | None = None,
                  bench_cfg: BenchmarkConfig | None = None, teacher_cfg: TeacherConfig | None = None,
-                 cur_cfg: CurationConfig | None = None) -> CurationArtifacts:
+                 cur_cfg: CurationConfig | None = None,
+                 classes: Sequence[str] | str | None = None) -> CurationArtifacts:
     """Data -> teacher -> curation -> stored teacher embeddings, each reused when already built.
 
     Args:
@@ -78,15 +88,21 @@ def run_curation(dataset: str = "embedded", data_root: str | None = None,
         bench_cfg: the embedded benchmark's configuration (also the teacher's pretraining data).
         teacher_cfg: which teacher; its `benchmark` is replaced by `bench_cfg`.
         cur_cfg: curation and view-cache configuration.
+        classes: optional class list (see `load_splits`), or one comma-separated string; for `embedded` the
+            teacher is pretrained on it too.
 
     Returns:
         The CurationArtifacts.
     """
     bench_cfg = bench_cfg or BenchmarkConfig()
+    if isinstance(classes, str):  # papermill -p classes "chair,stool,table"
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    if classes and dataset == "embedded":
+        bench_cfg = dataclasses.replace(bench_cfg, classes=tuple(classes))
     teacher_cfg = dataclasses.replace(teacher_cfg or TeacherConfig(), benchmark=bench_cfg)
     cur_cfg = cur_cfg or CurationConfig()
     clock = _Clock()
-    adapt, evalset = load_splits(dataset, data_root, bench_cfg)
+    adapt, evalset = load_splits(dataset, data_root, bench_cfg, None if dataset == "embedded" else classes)
     clock.lap("data")
     teacher = build_teacher(teacher_cfg)
     clock.lap("teacher")

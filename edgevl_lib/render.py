@@ -1152,6 +1152,9 @@ def build_benchmark(cfg: BenchmarkConfig, root: Path | None = None, force: bool 
     Returns:
         `<root>/embedded-<hash>` holding benchmark.json and teacher_pretrain/, adapt/, eval/.
     """
+    unknown = [c for c in cfg.classes if c not in CLASS_BUILDERS]
+    if unknown:
+        raise ValueError(f"the embedded benchmark cannot render classes {unknown}; it knows {list(CLASS_BUILDERS)}")
     out = benchmark_dir(cfg, root)
     if is_complete(out) and not force:
         log.info("embedded benchmark found at %s", out)

@@ -188,3 +188,17 @@ def test_benchmark_grid_has_a_row_per_class(built: Path) -> None:
     axes = np.array(fig.axes).reshape(len(SMOKE.classes), 3)
     assert [ax.get_ylabel() for ax in axes[:, 0]] == list(SMOKE.classes)
     plt.close(fig)
+
+
+def test_unknown_class_is_refused_before_rendering(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from edgevl_lib.config import BenchmarkConfig
+    from edgevl_lib.render import build_benchmark
+
+    cfg = dataclasses.replace(BenchmarkConfig().smoke(), classes=("chair", "unicorn"))
+    with pytest.raises(ValueError, match="unicorn"):
+        build_benchmark(cfg, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
