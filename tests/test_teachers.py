@@ -19,6 +19,7 @@ from edgevl_lib.config import TeacherConfig  # noqa: E402
 from edgevl_lib.data import PairedDataset, Sample  # noqa: E402
 from edgevl_lib.teachers import (  # noqa: E402
     EnsembleTeacher,
+    RandomOpenClipTeacher,
     Teacher,
     TeacherWeightsMissing,
     build_teacher,
@@ -141,6 +142,28 @@ def test_open_clip_teacher_loads_local_checkpoint_through_open_clip(tiny_clip):
     with torch.no_grad():
         expect_t = F.normalize(ref.encode_text(open_clip.get_tokenizer(name)(texts)), dim=-1)
     assert torch.allclose(teacher.encode_text(texts), expect_t, atol=1e-5)
+
+
+def test_random_open_clip_teacher_is_open_clip_random_init_for_timing(tiny_clip):
+    import open_clip
+
+    name, _, _ = tiny_clip
+    rng = torch.get_rng_state()
+    teacher = RandomOpenClipTeacher(name, embed_dim=8, seed=3, device="cpu")
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded privately
+    assert teacher.id == f"random-open_clip:{name}:seed3:D8:16" and (teacher.embed_dim, teacher.image_size) == (8, 16)
+    torch.manual_seed(3)
+    ref = open_clip.create_model(name, pretrained=None, embed_dim=8).eval()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[k], v), k
+    img = torch.rand(3, 3, 24, 20)
+    with torch.no_grad():
+        x = resize_and_normalize(img, 16, teacher.mean, teacher.std, teacher.interpolation, teacher.resize_mode)
+        expect = F.normalize(ref.encode_image(x), dim=-1)
+    assert torch.allclose(teacher.encode_image(img), expect, atol=1e-6)
+    assert teacher.encode_text(["a chair"]).shape == (1, 8)
+    other = RandomOpenClipTeacher(name, seed=4, device="cpu")
+    assert other.embed_dim == 16 and not torch.equal(other.encode_image(img)[:, :8], teacher.encode_image(img))
 
 
 def test_open_clip_missing_weights_fail_fast_with_instructions(tmp_path):
