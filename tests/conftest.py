@@ -11,6 +11,7 @@ import os
 import socket
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,3 +48,12 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one thread (fastest on a shared 2-core machine); restore afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,12 +27,7 @@ from helpers_fake import FAKE_CLASSES, FakeTeacher, make_fake_cache, make_paired
 SMOKE = Stage1Config(device="cpu").smoke()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = Stage1Config(device="cpu").smoke()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared machine; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread (conftest)
 
 
 @pytest.fixture(scope="module")
