@@ -244,6 +244,20 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def read_pixels(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """Decode an image file with PIL into an array; DataError naming the file (and the `fix`) when it is
+    missing, truncated or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. {fix}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.array(im)
+    except Exception as exc:  # PIL raises many types for truncated / corrupt files
+        raise DataError(f"{path}: cannot decode image ({exc}). {fix}") from exc
+
+
 def read_image(path: str | os.PathLike, modality: str, scale: dict[str, Any] | None = None,
                expect_channels: int | None = None) -> torch.Tensor:
     """Read one image file into a raw float32 CxHxW tensor in the modality's physical units.
@@ -252,15 +266,8 @@ def read_image(path: str | os.PathLike, modality: str, scale: dict[str, Any] | N
     modality). Raises DataError naming the file when it is missing, unreadable or of the wrong kind.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found. Every modality folder needs a file for each id in labels.csv.")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.array(im)
-    except Exception as exc:  # PIL raises many types for truncated / corrupt files
-        raise DataError(f"{path}: cannot decode image ({exc}). Re-export the file or remove its id from "
-                        f"labels.csv.") from exc
+    arr = read_pixels(path, "Every modality folder needs a readable file for each id in labels.csv: re-export the "
+                            "file or remove its id from labels.csv.")
     if arr.dtype == np.uint8 or arr.dtype == bool:
         ten = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif arr.dtype in (np.uint16, np.int32, np.int16, np.uint32):

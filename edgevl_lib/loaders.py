@@ -32,9 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .data import RGB, DataError, PairedDataset, PairedFolder, Sample
+from .data import RGB, DataError, PairedDataset, PairedFolder, Sample, read_pixels
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +43,6 @@ SWIR = "swir"
 # ----------------------------------------------------------------------------------------------
 # Shared helpers: file decoding, checks, resizing, scene labels
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_pixels(path: Path, fix: str) -> np.ndarray:
-    """Decode an image file with PIL; DataError naming the file when it is missing or corrupt."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found. {fix}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.array(im)
-    except Exception as exc:  # PIL raises many types for truncated / corrupt files
-        raise DataError(f"{path}: cannot decode image ({exc}). Re-export or re-download this file. {fix}") from exc
 
 
 def _rgb_tensor(arr: np.ndarray, path: Path | str) -> torch.Tensor:
@@ -279,12 +266,12 @@ class ScanNetFrames(PairedDataset):
         depth_hw = None
         if DEPTH in self.modalities:
             path = self.root / scene / "depth" / f"{frame}.png"
-            mm = _uint16_depth(_read_pixels(path, "Re-export this scan with ScanNet's SensReader."), path)
+            mm = _uint16_depth(read_pixels(path, "Re-export this scan with ScanNet's SensReader."), path)
             images[DEPTH] = _depth_tensor(mm.astype(np.float32) * 0.001, path)
             depth_hw = tuple(mm.shape)
         if RGB in self.modalities:
             path = self.root / scene / "color" / f"{frame}.jpg"
-            rgb = _rgb_tensor(_read_pixels(path, "Re-export this scan with ScanNet's SensReader."), path)
+            rgb = _rgb_tensor(read_pixels(path, "Re-export this scan with ScanNet's SensReader."), path)
             images[RGB] = rgb if depth_hw is None else _resize(rgb, depth_hw, RGB)
         if self.size is not None:
             images = {m: _resize(x, self.size, m) for m, x in images.items()}
@@ -505,9 +492,9 @@ class SUNRGBD(PairedDataset):
         fix = "Restore this sample folder from the SUN RGB-D release."
         images: dict[str, torch.Tensor] = {}
         if RGB in self.modalities:
-            images[RGB] = _rgb_tensor(_read_pixels(image_path, fix), image_path)
+            images[RGB] = _rgb_tensor(read_pixels(image_path, fix), image_path)
         if DEPTH in self.modalities:
-            stored = _uint16_depth(_read_pixels(depth_path, fix), depth_path)
+            stored = _uint16_depth(read_pixels(depth_path, fix), depth_path)
             images[DEPTH] = _depth_tensor(decode_sunrgbd_depth(stored).astype(np.float32) * 0.001, depth_path)
         if self.size is not None:
             images = {m: _resize(x, self.size, m) for m, x in images.items()}
