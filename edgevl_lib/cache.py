@@ -294,9 +294,13 @@ class EmbeddingCache:
         self.path = path
         self.meta = meta
         self.ids: list[str] = list(meta["ids"])
-        self.embeddings = np.load(path / "embeddings.npy", mmap_mode=mode)
-        self.views = np.load(path / "views.npy", mmap_mode=mode)
-        self.done = np.load(path / "done.npy", mmap_mode=mode)
+        for name in ("embeddings", "views", "done"):
+            file = path / f"{name}.npy"
+            try:  # never pickle: a .npy holding Python objects is refused
+                setattr(self, name, np.load(file, mmap_mode=mode, allow_pickle=False))
+            except (OSError, ValueError) as err:
+                raise CacheMismatchError(f"{file}: cannot be read ({err}). The cache folder is damaged; delete "
+                                         f"{path} and call build_embedding_cache again.") from err
         n, k, d = meta["num_images"], meta["views"], meta["embed_dim"]
         expected = {"embeddings": ((n, k, d), np.float16), "views": ((n, k, 5), np.int32), "done": ((n,), np.uint8)}
         for name, (shape, dtype) in expected.items():
@@ -328,7 +332,14 @@ class EmbeddingCache:
         if not meta_path.is_file():
             raise CacheMismatchError(f"{meta_path}: not found; {path} is not an embedding cache. Build one with "
                                      f"cache.build_embedding_cache(...).")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            missing = {"ids", "num_images", "views", "embed_dim"} - meta.keys()
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            meta, missing = None, {f"valid JSON ({err})"}
+        if missing:
+            raise CacheMismatchError(f"{meta_path}: not an embedding-cache meta file (missing {sorted(missing)}). The "
+                                     f"folder is damaged; delete {path} and call build_embedding_cache again.")
         diff = {k: (meta.get(k), v) for k, v in (expected or {}).items() if meta.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: cache has {a!r}, requested {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -484,8 +495,16 @@ def _fill(teacher: Teacher, dataset: torch.utils.data.Dataset, indices: Sequence
             batch = torch.stack([apply_view(x, cache.view_params(int(r), k), out_size) for x, r in zip(rgbs, chunk)])
             emb = teacher.encode_image(batch).detach().float().cpu()
             if emb.shape != (len(chunk), cache.meta["embed_dim"]):
-                raise ValueError(f"teacher {teacher.id} returned {tuple(emb.shape)} for {len(chunk)} images; "
-                                 f"expected ({len(chunk)}, {cache.meta['embed_dim']}) (embed_dim).")
+                raise CacheMismatchError(
+                    f"{cache.path}: teacher {teacher.id} returned embeddings of shape {tuple(emb.shape)} for "
+                    f"{len(chunk)} images, but it declares embed_dim={cache.meta['embed_dim']} (the cache's width). "
+                    f"Fix the teacher's embed_dim and rerun the build (this chunk was not marked done).")
+            if not torch.isfinite(emb).all():
+                bad = [cache.ids[int(r)] for r, ok in zip(chunk, torch.isfinite(emb).all(dim=1)) if not ok]
+                raise CacheMismatchError(
+                    f"{cache.path}: teacher {teacher.id} returned NaN / inf embeddings for samples {bad[:5]} "
+                    f"(view {k}). Check those images (data.check_finite) and the teacher (this chunk was not "
+                    f"marked done).")
             cache.embeddings[chunk, k] = emb.numpy().astype(np.float16)
         cache.embeddings.flush()
         cache.done[chunk] = 1

@@ -247,3 +247,104 @@ class Stage1Config:
     def smoke(self) -> "Stage1Config":
         return dataclasses.replace(self, arch="conv_tiny_test", pretrained=False, image_size=32, epochs=2,
                                    batch_size=8, warmup_epochs=0.0, num_workers=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization and stage 2: quantization-aware contrastive learning (edgevl_lib.quantize, edgevl_lib.train)
+# ----------------------------------------------------------------------------------------------
+
+QUANTIZERS: tuple[str, ...] = ("x86_inductor",)
+"""PT2E quantizer backends edgevl_lib.quantize knows (the int8 student is benchmarked on x86 CPUs first)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the student is quantized to int8 (torchao PT2E, see edgevl_lib.quantize).
+
+    Attributes:
+        quantizer: PT2E quantizer backend; only "x86_inductor" (oneDNN int8 kernels through Inductor).
+        calibration_batches: batches `quantize.calibrate` feeds through a PTQ-prepared model.
+        is_qat: fake-quant modules with trainable weights (QAT) instead of observers (PTQ).
+        per_channel: per-output-channel weight scales; the x86 quantizer supports only True.
+        reduce_range: 7-bit activations for CPUs without VNNI (avoids int16 overflow in u8*s8 dot products).
+        dynamic_batch: export with a symbolic batch dimension so one artifact serves every batch size.
+    """
+
+    quantizer: str = "x86_inductor"
+    calibration_batches: int = 8
+    is_qat: bool = False
+    per_channel: bool = True
+    reduce_range: bool = False
+    dynamic_batch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {QUANTIZERS}")
+        if not self.per_channel:
+            raise ValueError("X86InductorQuantizer quantizes weights per channel only (per_channel=True)")
+
+    def smoke(self) -> "QuantConfig":
+        return dataclasses.replace(self, calibration_batches=min(self.calibration_batches, 2))
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    """EdgeVL stage 2: quantization-aware training of the stage-1 student with a contrastive term.
+
+    L = L_d + λ L_c,   L_d = the stage-1 distillation loss (`distill`, on fake-quantized features),
+                       L_c = Σ_m triplet loss on semi-hard triplets mined on S(x) with teacher pseudo-labels
+                             (edgevl_lib.mining.cross_modal_triplet_loss; margin m, at most J negatives)
+
+    λ = `contrastive_weight`; λ = 0 is plain QAT (the ablation's "QAT int8" row).
+
+    Attributes:
+        modalities: the paired modalities trained on, RGB first (as in stage 1).
+        encodings: modality -> data.ModalityEncoding (default: data.default_encoding), as in stage 1.
+        distill: the distillation terms (default EdgeVL's dual L1).
+        contrastive_weight: λ.
+        margin: m of the semi-hard band and the triplet loss (paper: 0.3).
+        max_negatives: J, semi-hard negatives per anchor (paper: 3).
+        mine_on: the modality whose (detached) features define the triplets, applied to every modality.
+        epochs: passes over the curated images (one stored view per image per epoch).
+        batch_size: images per step (triplets are mined within the batch: it needs several images per class).
+        lr: AdamW learning rate (paper: 1e-6).
+        min_lr: end of a per-step cosine decay; None = constant `lr`.
+        weight_decay: AdamW decoupled weight decay.
+        quant: the quantization settings (`is_qat` is forced for training; `calibration_batches` is the PTQ row).
+        num_workers: DataLoader workers.
+        seed: seeds shuffling, views and the QAT run.
+        checkpoint_dir: per-epoch checkpoints; None = `<out_dir>/checkpoints`.
+        device: torch device; None = CUDA when present, else CPU.
+
+    >>> Stage2Config().smoke().epochs
+    1
+    """
+
+    modalities: tuple[str, ...] = ("rgb", "depth")
+    encodings: dict[str, ModalityEncoding] = field(default_factory=dict)
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+    contrastive_weight: float = 1.0
+    margin: float = 0.3
+    max_negatives: int = 3
+    mine_on: str = "rgb"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-6
+    min_lr: float | None = None
+    weight_decay: float = 0.0
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    num_workers: int = 0
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.modalities or self.modalities[0] != "rgb":
+            raise ValueError(f"modalities={self.modalities!r} must start with 'rgb' (the teacher's modality)")
+        if self.mine_on not in self.modalities:
+            raise ValueError(f"mine_on={self.mine_on!r} is not one of modalities={self.modalities!r}")
+        if self.contrastive_weight < 0 or self.margin <= 0 or self.max_negatives < 1:
+            raise ValueError("contrastive_weight must be >= 0, margin > 0 and max_negatives >= 1")
+
+    def smoke(self) -> "Stage2Config":
+        return dataclasses.replace(self, epochs=1, batch_size=8, quant=self.quant.smoke())

@@ -78,7 +78,8 @@ def prompt_path(name: str | os.PathLike) -> Path:
 def load_label_superset(path: str | os.PathLike) -> list[str]:
     """Read a label superset: one class name per line, `#` comments and blank lines skipped.
 
-    Same rules as `data.read_class_names`: an empty file or a repeated name raises DataError naming the file.
+    Same rules as `data.read_class_names`: a missing, non-UTF-8 or empty file, or a repeated name, raises
+    DataError naming the file (a repeated name would split one class's probability between two rows).
     """
     return data.read_class_names(prompt_path(path))
 
@@ -90,7 +91,8 @@ def load_templates(path: str | os.PathLike) -> list[str]:
         DataError: naming the file when it is empty or a line lacks `{}`.
     """
     path = prompt_path(path)
-    lines = [(no, ln.strip()) for no, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)]
+    text = data.read_text_file(path, "template file", "Write one template per line, e.g. `a photo of a {}.`")
+    lines = [(no, ln.strip()) for no, ln in enumerate(text.lstrip("\ufeff").splitlines(), start=1)]
     lines = [(no, ln) for no, ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise data.DataError(f"{path}: no templates. Write one template per line, e.g. `a photo of a {{}}.`")
@@ -109,7 +111,7 @@ def load_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """
     path = prompt_path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(data.read_text_file(path, "descriptions file", 'Write {"class name": "description"}.'))
     except json.JSONDecodeError as exc:
         raise data.DataError(f"{path}: not valid JSON ({exc}). Write {{\"class name\": \"description\"}}.") from exc
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):

@@ -26,10 +26,22 @@ Generic paired folder (point the workbench at your own sensor data by writing th
       depth/<id>.png       16-bit, millimetres by default (0 = invalid)
       thermal/<id>.png     16-bit, centi-kelvin by default (value * 0.01 - 273.15 = degrees C)
       <modality>/<id>.png  any other sensor: 8-bit (-> [0, 1]) or 16-bit with its scale in meta.json
+
+Validity rules (every violation raises `DataError` naming the file, the sample id and the fix):
+
+* a modality with a physical scale (depth, thermal, or any with a scale in meta.json) must be a
+  single-channel 16-bit PNG: an 8-bit or 3-channel file is a visualisation, not a measurement;
+* depth: a pixel of 0 is a sensor hole ("no return") and is legal, in any number; a frame whose pixels are
+  ALL 0 carries no measurement and is broken; NaN / inf cannot come from a 16-bit PNG, and float files
+  (float TIFF, .npy, .mat) that hold them are broken (store holes as 0);
+* any other modality: NaN / inf are broken (`check_finite`);
+* classes.txt: UTF-8, not empty, no repeated name; labels.csv: UTF-8, a header with `id`, at least one
+  row, unique non-empty ids, labels from classes.txt; every id has a file in every modality folder.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -64,6 +76,43 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 
 class DataError(ValueError):
     """Bad input data. The message names the offending file and says how to fix it."""
+
+
+def read_text_file(path: str | os.PathLike, what: str, fix: str) -> str:
+    """The UTF-8 text of a small input file (class list, labels, meta); DataError naming the file and the
+    `fix` when it is missing or not UTF-8 text."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found. {fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as "
+                        f"UTF-8. {fix}") from exc
+
+
+def check_finite(x: np.ndarray | torch.Tensor, where: str | os.PathLike, sample_id: str, modality: str) -> None:
+    """DataError naming `where` (file, or file[index]) and the sample when `x` holds NaN or inf."""
+    bad = ~torch.isfinite(x) if isinstance(x, torch.Tensor) else ~np.isfinite(x)
+    if bad.any():
+        raise DataError(f"{where}: {modality} holds NaN or inf ({int(bad.sum())} values, sample {sample_id!r}). "
+                        f"Store invalid pixels as 0 (depth) or a valid value, re-export the frame, or drop the "
+                        f"sample.")
+
+
+def check_depth(metres: np.ndarray | torch.Tensor, where: str | os.PathLike, sample_id: str) -> None:
+    """Reject a broken depth frame; keep sensor holes.
+
+    Rule (every loader): 0 = no reading (a hole), legal in any number; a frame whose pixels are all 0 (no
+    valid pixel) or that holds NaN / inf (possible only in float formats: .mat, .npy, float TIFF) is broken.
+
+    Raises:
+        DataError: naming `where` (the file, or `file[index]` for containers) and the sample id.
+    """
+    check_finite(metres, where, sample_id, "depth")
+    if not (metres > 0).any():
+        raise DataError(f"{where}: depth is all zeros (sample {sample_id!r}: no valid pixel; 0 means no "
+                        f"reading). Re-export the frame, or drop the sample.")
 
 
 @dataclass
@@ -263,11 +312,21 @@ def read_image(path: str | os.PathLike, modality: str, scale: dict[str, Any] | N
     """Read one image file into a raw float32 CxHxW tensor in the modality's physical units.
 
     8-bit files map to [0, 1]; 16-bit files map through `value * scale + offset` (DEFAULT_SCALES by
-    modality). Raises DataError naming the file when it is missing, unreadable or of the wrong kind.
+    modality). A modality with a physical scale (`scale` given, or depth / thermal) must be a single-channel
+    16-bit (or float) file; depth is checked with `check_depth`, every modality with `check_finite` (the
+    module docstring's rules; the sample id is the file stem). Raises DataError naming the file when it is
+    missing, unreadable, of the wrong kind, or broken.
     """
     path = Path(path)
     arr = read_pixels(path, "Every modality folder needs a readable file for each id in labels.csv: re-export the "
                             "file or remove its id from labels.csv.")
+    scaled = scale is not None or modality in DEFAULT_SCALES
+    if scaled and (arr.ndim != 2 or arr.dtype in (np.uint8, bool)):
+        channels = 1 if arr.ndim == 2 else arr.shape[-1]
+        unit = DEFAULT_SCALES.get(modality, {}).get("unit", "the unit of its meta.json scale")
+        raise DataError(f"{path}: {modality} image is {channels}-channel {arr.dtype}, expected single-channel 16-bit "
+                        f"({unit} via the scale in meta.json). An 8-bit or colour file is a visualisation, not a "
+                        f"measurement: export the raw {modality} as 16-bit single-channel PNG.")
     if arr.dtype == np.uint8 or arr.dtype == bool:
         ten = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif arr.dtype in (np.uint16, np.int32, np.int16, np.uint32):
@@ -285,6 +344,10 @@ def read_image(path: str | os.PathLike, modality: str, scale: dict[str, Any] | N
     if expect_channels is not None and ten.shape[0] != expect_channels:
         raise DataError(f"{path}: {modality} image has {ten.shape[0]} channels, expected {expect_channels}. "
                         f"Save {modality} as {'RGB' if expect_channels == 3 else 'single-channel'} PNG.")
+    if modality == "depth":
+        check_depth(ten, path, path.stem)
+    elif arr.dtype.kind == "f":
+        check_finite(ten, path, path.stem, modality)
     return ten.contiguous()
 
 
@@ -324,15 +387,15 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     Raises DataError naming the file when it is empty or repeats a name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: class list not found. Write one class name per line.")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    text = read_text_file(path, "class list", "Write one class name per line.")
+    names = [ln.strip() for ln in text.lstrip("\ufeff").splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise DataError(f"{path}: class list is empty. Write one class name per line.")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DataError(f"{path}: duplicate class names {dup}. Each class must appear once.")
+        raise DataError(f"{path}: duplicate class names {dup}. Each class must appear once: delete the repeated "
+                        f"lines (line i is label i, so check which index your labels use).")
     return names
 
 
@@ -355,8 +418,7 @@ class PairedFolder(PairedDataset):
             raise DataError(f"{self.root}: dataset folder does not exist. Check the path, or build the embedded "
                             f"benchmark with edgevl_lib.render.build_benchmark().")
         self.class_names = read_class_names(self.root / "classes.txt")
-        meta_path = self.root / "meta.json"
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.meta: dict[str, Any] = _read_meta(self.root / "meta.json")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.modalities = tuple(modalities) if modalities else tuple(sorted(found, key=lambda m: (m != RGB, m)))
         missing = [m for m in self.modalities if m not in found]
@@ -366,30 +428,42 @@ class PairedFolder(PairedDataset):
         self.size = size
         index = {c: i for i, c in enumerate(self.class_names)}
         labels_csv = self.root / "labels.csv"
-        if not labels_csv.is_file():
-            raise DataError(f"{labels_csv}: not found. Write a CSV with header `id,label`.")
-        with labels_csv.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "id" not in reader.fieldnames:
-                raise DataError(f"{labels_csv}: needs a header row with an `id` column (and `label`).")
-            seen: set[str] = set()
-            for row_no, row in enumerate(reader, start=2):
-                sid = (row.get("id") or "").strip()
-                lab = (row.get("label") or "").strip()
-                if not sid:
-                    raise DataError(f"{labels_csv}: line {row_no} has an empty id.")
-                if sid in seen:
-                    raise DataError(f"{labels_csv}: id {sid!r} appears twice (line {row_no}). Ids must be unique.")
-                if lab and lab not in index:
-                    raise DataError(f"{labels_csv}: line {row_no} label {lab!r} is not in classes.txt.")
-                seen.add(sid)
+        text = read_text_file(labels_csv, "label file", "Write a CSV with header `id,label`.")
+        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+        if reader.fieldnames is None or "id" not in reader.fieldnames:
+            raise DataError(f"{labels_csv}: needs a header row with an `id` column (and `label`).")
+        lines: dict[str, list[int]] = {}
+        for row_no, row in enumerate(reader, start=2):
+            sid = (row.get("id") or "").strip()
+            lab = (row.get("label") or "").strip()
+            if not sid:
+                raise DataError(f"{labels_csv}: line {row_no} has an empty id. Give every row an id (the file "
+                                f"stem of its images) or delete the row.")
+            if lab and lab not in index:
+                raise DataError(f"{labels_csv}: line {row_no} label {lab!r} is not in classes.txt. Add the class "
+                                f"to classes.txt or fix the label.")
+            lines.setdefault(sid, []).append(row_no)
+            if len(lines[sid]) == 1:
                 self.ids.append(sid)
                 self.labels.append(index[lab] if lab else None)
+        repeated = {sid: rows for sid, rows in lines.items() if len(rows) > 1}
+        if repeated:
+            shown = "; ".join(f"{sid!r} on lines {rows}" for sid, rows in list(repeated.items())[:5])
+            raise DataError(f"{labels_csv}: {len(repeated)} id(s) appear more than once ({shown}"
+                            f"{'; ...' if len(repeated) > 5 else ''}). Ids must be unique: keep one row per id.")
+        if not self.ids:
+            raise DataError(f"{labels_csv}: no samples (only a header). Add one `id,label` row per sample "
+                            f"(label may be empty when unknown).")
         self._check_pairs()
 
     def _check_pairs(self) -> None:
+        listed = set(self.ids)
         for m in self.modalities:
             have = {p.stem for p in (self.root / m).glob("*.png")}
+            extra = sorted(have - listed)
+            if extra:
+                log.warning("%s: %d file(s) are not listed in labels.csv and are ignored (e.g. %s.png)",
+                            self.root / m, len(extra), extra[0])
             missing = [i for i in self.ids if i not in have]
             if missing:
                 others = [o for o in self.modalities if o != m]
@@ -413,6 +487,24 @@ class PairedFolder(PairedDataset):
                                                     **(smooth if m == RGB else {"mode": "nearest"}))[0]
             images[m] = x
         return Sample(images=images, label=self.labels[index], id=sid)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a paired folder ({} when absent); DataError naming the file when it is malformed."""
+    if not path.exists():
+        return {}
+    fix = 'Write e.g. {"modalities": {"depth": {"scale": 0.001, "offset": 0.0, "unit": "m"}}}, or delete it.'
+    try:
+        meta = json.loads(read_text_file(path, "meta file", fix))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}). {fix}") from exc
+    mods = meta.get("modalities", {}) if isinstance(meta, dict) else None
+    if not isinstance(mods, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("scale"), (int, float)) and
+            isinstance(v.get("offset", 0.0), (int, float)) for v in mods.values()):
+        raise DataError(f"{path}: `modalities` must map each modality to {{\"scale\": number, \"offset\": "
+                        f"number}}. {fix}")
+    return meta
 
 
 def write_paired_folder(root: str | os.PathLike, samples: Sequence[Sample] | Any, class_names: Sequence[str],

@@ -85,19 +85,26 @@ def embed_dataset(encode_fn: EncodeFn, dataset: Dataset, modalities: Sequence[st
 
 
 @contextlib.contextmanager
-def _encoder(model: Student | Teacher) -> Iterator[tuple[EncodeFn, torch.device, int | None]]:
-    """(encode_fn, input device, native image size) for a Student (eval mode while inside) or a Teacher."""
-    if isinstance(model, Student):
+def _encoder(model: Student | Teacher | torch.nn.Module) -> Iterator[tuple[EncodeFn, torch.device, int | None]]:
+    """(encode_fn, input device, native image size) for a student (eval mode while inside) or a Teacher.
+
+    A student is a `students.Student` or any module with `encode` and `image_size` (e.g. the int8
+    `stage2.Int8Student`); a teacher has `encode_image`.
+    """
+    if isinstance(model, torch.nn.Module) and hasattr(model, "encode") and hasattr(model, "image_size"):
         was_training = model.training
         model.eval()
+        tensor = next(iter(model.buffers()), None)
+        device = tensor.device if tensor is not None else torch.device("cpu")
         try:
-            yield model.encode, model.input_mean.device, model.image_size
+            yield model.encode, device, model.image_size
         finally:
             model.train(was_training)
     elif hasattr(model, "encode_image"):
         yield model.encode_image, torch.device("cpu"), None  # teachers move inputs and resize themselves
     else:
-        raise TypeError(f"{type(model).__name__} is neither a Student nor a Teacher (no encode_image)")
+        raise TypeError(f"{type(model).__name__} is neither a student (encode, image_size) nor a Teacher "
+                        f"(encode_image)")
 
 
 def embed_model(model: Student | Teacher, dataset: Dataset, modalities: Sequence[str],
@@ -190,6 +197,12 @@ def evaluate_zero_shot(model: Student | Teacher, dataset: Dataset, text_emb: tor
     Returns:
         {modality: accuracy}.
     """
+    width = int(model.embed_dim)
+    if text_emb.shape[-1] != width:
+        name = getattr(model, "arch", None) or getattr(model, "id", type(model).__name__)
+        raise ValueError(f"{name} embeds to embed_dim {width} but the class text embeddings have width "
+                         f"{text_emb.shape[-1]}: they come from another teacher. Use the text embeddings of the "
+                         f"teacher the student was distilled from (its checkpoint sidecar's embed_dim).")
     emb, labels = embed_model(model, dataset, modalities, encodings, image_size, batch_size)
     return {m: zero_shot_accuracy(emb[m], labels, text_emb, classes) for m in modalities}
 

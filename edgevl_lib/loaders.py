@@ -19,7 +19,9 @@ torch.Size([1, 224, 224])
 
 Every loader also sets `text_names` (class names phrased for CLIP prompts) and `split_groups` (what must not
 be split across adapt / eval: the ScanNet scan, the NYU scene; None when samples are independent).
-Bad input raises `data.DataError` naming the file and the fix.
+Bad input raises `data.DataError` naming the file and the fix. Depth rule, every loader (`data.check_depth`):
+0 is a sensor hole ("no reading") and legal in any number; a frame with no valid pixel (all 0), or with NaN / inf
+(only NYUv2's float .mat can hold them), is broken and raises with the file and the sample id.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .data import RGB, DataError, PairedDataset, PairedFolder, Sample, read_pixels
+from .data import RGB, DataError, PairedDataset, PairedFolder, Sample, check_depth, check_finite, read_pixels
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +56,12 @@ def _rgb_tensor(arr: np.ndarray, path: Path | str) -> torch.Tensor:
     return torch.from_numpy(arr[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def _depth_tensor(metres: np.ndarray, path: Path | str) -> torch.Tensor:
-    """HxW float metres -> 1xHxW float32, rejecting maps that are all invalid or hold NaN / inf."""
+def _depth_tensor(metres: np.ndarray, path: Path | str, sample_id: str) -> torch.Tensor:
+    """HxW float metres -> 1xHxW float32, rejecting broken frames (`data.check_depth`: all 0, NaN / inf)."""
     if metres.ndim != 2:
-        raise DataError(f"{path}: depth has shape {metres.shape}, expected a single-channel HxW map. "
-                        f"Export depth as a 16-bit single-channel PNG.")
-    if not np.isfinite(metres).all():
-        raise DataError(f"{path}: depth holds NaN or inf. Store invalid pixels as 0, not NaN.")
-    if not (metres > 0).any():
-        raise DataError(f"{path}: depth is all zeros (no valid pixel). Re-export the frame or drop it.")
+        raise DataError(f"{path}: depth of sample {sample_id!r} has shape {metres.shape}, expected a single-channel "
+                        f"HxW map. Export depth as a 16-bit single-channel PNG.")
+    check_depth(metres, path, sample_id)
     return torch.from_numpy(metres.astype(np.float32))[None].contiguous()
 
 
@@ -267,7 +266,7 @@ class ScanNetFrames(PairedDataset):
         if DEPTH in self.modalities:
             path = self.root / scene / "depth" / f"{frame}.png"
             mm = _uint16_depth(read_pixels(path, "Re-export this scan with ScanNet's SensReader."), path)
-            images[DEPTH] = _depth_tensor(mm.astype(np.float32) * 0.001, path)
+            images[DEPTH] = _depth_tensor(mm.astype(np.float32) * 0.001, path, self.ids[index])
             depth_hw = tuple(mm.shape)
         if RGB in self.modalities:
             path = self.root / scene / "color" / f"{frame}.jpg"
@@ -375,13 +374,19 @@ class NYUDepthV2(PairedDataset):
         return self._h5
 
     def load(self, index: int) -> Sample:
-        f = self._file()
         where = f"{self.mat_path}[{index}]"
+        try:
+            f = self._file()
+            rgb = np.ascontiguousarray(f["images"][index].transpose(2, 1, 0)) if RGB in self.modalities else None
+            depth = np.asarray(f["depths"][index], dtype=np.float32).T if DEPTH in self.modalities else None
+        except (OSError, KeyError) as exc:  # h5py: truncated file, damaged chunk
+            raise DataError(f"{where}: cannot read frame {self.ids[index]!r} ({exc}). The file is truncated or "
+                            f"damaged; re-download nyu_depth_v2_labeled.mat.") from exc
         images: dict[str, torch.Tensor] = {}
-        if RGB in self.modalities:
-            images[RGB] = _rgb_tensor(np.ascontiguousarray(f["images"][index].transpose(2, 1, 0)), where)
-        if DEPTH in self.modalities:
-            images[DEPTH] = _depth_tensor(np.asarray(f["depths"][index], dtype=np.float32).T, where)
+        if rgb is not None:
+            images[RGB] = _rgb_tensor(rgb, where)
+        if depth is not None:
+            images[DEPTH] = _depth_tensor(depth, where, self.ids[index])
         if self.size is not None:
             images = {m: _resize(x, self.size, m) for m, x in images.items()}
         return Sample(images=images, label=self.labels[index], id=self.ids[index])
@@ -495,7 +500,8 @@ class SUNRGBD(PairedDataset):
             images[RGB] = _rgb_tensor(read_pixels(image_path, fix), image_path)
         if DEPTH in self.modalities:
             stored = _uint16_depth(read_pixels(depth_path, fix), depth_path)
-            images[DEPTH] = _depth_tensor(decode_sunrgbd_depth(stored).astype(np.float32) * 0.001, depth_path)
+            images[DEPTH] = _depth_tensor(decode_sunrgbd_depth(stored).astype(np.float32) * 0.001, depth_path,
+                                          self.ids[index])
         if self.size is not None:
             images = {m: _resize(x, self.size, m) for m, x in images.items()}
         return Sample(images=images, label=self.labels[index], id=self.ids[index])
@@ -608,8 +614,17 @@ class EuroSATMS(PairedDataset):
         raise DataError(f"{path}: shape {arr.shape}, expected {n} bands (HxWx{n} or {n}xHxW). Use the EuroSAT_MS "
                         f"(all bands) release, not EuroSAT_RGB.")
 
+    def _checked_bands(self, index: int) -> np.ndarray:
+        bands = self.read_bands(index)
+        if bands.dtype.kind == "f":
+            check_finite(bands, self.root / f"{self.ids[index]}.tif", self.ids[index], "bands")
+        elif bands.dtype.kind not in "ui":
+            raise DataError(f"{self.root / (self.ids[index] + '.tif')}: bands are {bands.dtype}, expected integer "
+                            f"reflectance * 10000 (uint16). Re-extract the file from EuroSAT_MS.zip.")
+        return bands
+
     def load(self, index: int) -> Sample:
-        bands = self.read_bands(index).astype(np.float32)
+        bands = self._checked_bands(index).astype(np.float32)
         images: dict[str, torch.Tensor] = {}
         if RGB in self.modalities:
             images[RGB] = torch.from_numpy(np.clip(bands[self.rgb_index] / self.rgb_max, 0, 1))

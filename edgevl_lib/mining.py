@@ -139,7 +139,7 @@ def triplet_loss(emb: torch.Tensor, triplets: Triplets, margin: float = 0.3,
 
 def cross_modal_triplet_loss(features: Mapping[str, torch.Tensor], labels: torch.Tensor, mine_on: str = "rgb",
                              margin: float = 0.3, max_negatives: int | None = 3
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Triplets]:
     """EdgeVL's stage-2 contrastive loss: mine on one modality, apply the same triplets to every modality.
 
         L = sum_{modality M} L_c(f^M, triplets mined on f^{mine_on})
@@ -152,8 +152,8 @@ def cross_modal_triplet_loss(features: Mapping[str, torch.Tensor], labels: torch
         max_negatives: `J`.
 
     Returns:
-        The summed loss and the per-modality losses (for logging).
+        The summed loss, the per-modality losses (for logging) and the mined `(anchors, positives, negatives)`.
     """
     triplets = semi_hard_triplets(features[mine_on], labels, margin=margin, max_negatives=max_negatives)
     per_modality = {name: triplet_loss(f, triplets, margin) for name, f in features.items()}
-    return torch.stack(list(per_modality.values())).sum(), per_modality
+    return torch.stack(list(per_modality.values())).sum(), per_modality, triplets

@@ -4,6 +4,10 @@
 teacher, curation and stored teacher embeddings. Every piece is cached by content (benchmark by config hash,
 teacher head by data + training config, curation by teacher id + data + curation config, embeddings by
 teacher id + views + data), so a second call costs seconds.
+
+`run_stage1` (notebook 02's dual student; 03-05 start from it) and `run_stage2` (notebook 03's int8
+variants; 04 and 05 start from them) do the same for the trained students, under `<cache>/stage1/<key>` and
+`<cache>/stage2/<key>`.
 """
 from __future__ import annotations
 
@@ -13,16 +17,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from edgevl_lib.cache import EmbeddingCache, build_embedding_cache
-from edgevl_lib.config import BenchmarkConfig, CurationConfig, TeacherConfig, to_dict
+from edgevl_lib.config import BenchmarkConfig, CurationConfig, Stage1Config, Stage2Config, TeacherConfig, to_dict
 from edgevl_lib.curation import CurationResult, curate_dataset, load_templates
 from edgevl_lib.data import PairedDataset
 from edgevl_lib.loaders import load_dataset
+from edgevl_lib.stage2 import Int8Variants, build_int8_variants
+from edgevl_lib.students import Student
 from edgevl_lib.teachers import Teacher, build_teacher, text_classifier
+from edgevl_lib.train import TrainResult, fingerprint, train_stage1
 from edgevl_lib.utils import cache_dir
 
 log = logging.getLogger(__name__)
@@ -137,3 +145,66 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = now - self._last
         self._last = now
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1 and stage 2 artifacts, for notebooks that start after them
+# ----------------------------------------------------------------------------------------------
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage1_checkpoint_dir(cache: EmbeddingCache, cfg: Stage1Config) -> Path:
+    """The shared folder of the stage-1 student of `cfg` distilled from `cache`: cache/stage1/<key>/checkpoints.
+
+    Notebook 02 trains its dual student there and notebooks 03-05 find it there; the key covers the
+    configuration (minus workers / folder) and the cache's key (teacher, views, data).
+    """
+    config = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
+              if k not in ("num_workers", "checkpoint_dir")}
+    return cache_dir() / "stage1" / _key({"config": config, "cache": cache.meta.get("key")}) / "checkpoints"
+
+
+def run_stage1(art: CurationArtifacts, cfg: Stage1Config) -> TrainResult:
+    """The stage-1 student of `cfg` on `art`'s curated images: loaded when `stage1_checkpoint_dir` holds a
+    finished run, else trained (or resumed) there with `train.train_stage1`.
+    """
+    folder = stage1_checkpoint_dir(art.cache, cfg)
+    state = folder / "state.json"
+    finished = state.is_file() and json.loads(state.read_text(encoding="utf-8")).get("epochs_done") == cfg.epochs
+    if finished:
+        log.info("stage-1 student found in %s", folder)
+        dataset: PairedDataset = art.adapt
+    else:
+        log.info("stage-1 student not found in %s: training it (train.train_stage1, %d epochs)", folder, cfg.epochs)
+        from edgevl_lib.stage1 import preload  # decoding once pays off only when training
+
+        dataset = preload(art.adapt, cfg.modalities)
+    return train_stage1(dataclasses.replace(cfg, checkpoint_dir=str(folder)), dataset, art.cache,
+                        out_dir=folder.parent, resume=True)
+
+
+def stage2_dir(student: Student, cache: EmbeddingCache, cfg: Stage2Config) -> Path:
+    """cache/stage2/<key>: the int8 variants of `student` under `cfg` (key: student fingerprint, cache, config)."""
+    config = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
+              if k not in ("num_workers", "checkpoint_dir", "device")}
+    return cache_dir() / "stage2" / _key({"student": fingerprint(student), "cache": cache.meta.get("key"),
+                                          "config": config})
+
+
+def run_stage2(art: CurationArtifacts, student: Student, cfg: Stage2Config) -> Int8Variants:
+    """PTQ, QAT and stage-2 int8 students of `student` (`stage2.build_int8_variants`), built once in
+    `stage2_dir` and loaded from there afterwards (notebooks 04 and 05 start here)."""
+    folder = stage2_dir(student, art.cache, cfg)
+    pseudo = dict(zip(art.result.ids, art.result.pseudo_labels))
+    if not (folder / "variants.json").is_file():
+        log.info("int8 variants not found in %s: building them (PTQ, QAT and stage 2, %d epochs each)", folder,
+                 cfg.epochs)
+        from edgevl_lib.stage1 import preload
+
+        dataset: PairedDataset = preload(art.adapt, cfg.modalities)
+    else:
+        dataset = art.adapt
+    return build_int8_variants(student, dataset, art.cache, pseudo, cfg, out_dir=folder)

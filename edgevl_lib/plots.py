@@ -103,3 +103,104 @@ def image_grid(dataset: PairedDataset, indices: Sequence[int], titles: Sequence[
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- benchmark plots ---
+
+
+def _engine_color(name: str) -> str:
+    if "int8" in name:
+        return "tab:green"
+    if "clip" in name:
+        return "tab:red"
+    if "teacher" in name:
+        return "tab:purple"
+    if "fp16" in name:
+        return "tab:orange"
+    return "tab:blue"
+
+
+def latency_bars(latency_ms: Mapping[str, float], title: str = "", xlabel: str = "median latency (ms), batch 1",
+                 spread: Mapping[str, tuple[float, float]] | None = None, log_scale: bool = True) -> Any:
+    """Horizontal bars of median latency per engine (fastest on top), int8 green, CLIP red, teacher purple.
+
+    Args:
+        latency_ms: {engine: median ms}.
+        title, xlabel: labels.
+        spread: optional {engine: (p10, p90)} drawn as error bars.
+        log_scale: log x axis (engines differ by orders of magnitude).
+
+    >>> fig = latency_bars({"student_int8_ort": 20.0, "clip_b16_fp32_torch": 300.0})
+    """
+    import matplotlib.pyplot as plt
+
+    names = sorted(latency_ms, key=lambda n: latency_ms[n], reverse=True)
+    values = [latency_ms[n] for n in names]
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * len(names)))
+    xerr = None
+    if spread:
+        xerr = np.array([[max(0.0, v - spread.get(n, (v, v))[0]) for n, v in zip(names, values)],
+                         [max(0.0, spread.get(n, (v, v))[1] - v) for n, v in zip(names, values)]])
+    bars = ax.barh(names, values, xerr=xerr, color=[_engine_color(n) for n in names], capsize=2)
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=7, padding=3)
+    if log_scale:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def size_bars(sizes_mb: Mapping[str, float], nominal: Sequence[str] = (), title: str = "model size") -> Any:
+    """Horizontal bars of model sizes in MB (log scale); names in `nominal` (parameters x 4 bytes, no file) hatched.
+
+    >>> fig = size_bars({"student_int8": 23.6, "clip_b16": 345.0}, nominal=["clip_b16"])
+    """
+    import matplotlib.pyplot as plt
+
+    names = sorted(sizes_mb, key=lambda n: sizes_mb[n], reverse=True)
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * len(names)))
+    bars = ax.barh(names, [sizes_mb[n] for n in names], color=[_engine_color(n) for n in names],
+                   hatch=["//" if n in nominal else "" for n in names], edgecolor="k", linewidth=0.4)
+    ax.bar_label(bars, labels=[f"{sizes_mb[n]:.4g} MB" for n in names], fontsize=7, padding=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("MB (on disk; hatched: nominal fp32 = parameters x 4 bytes)")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_latency_scatter(points: Mapping[str, tuple[float, float]], references: Mapping[str, float] | None = None,
+                             marked: Sequence[str] = ("teacher",), ylabel: str = "zero-shot top-1",
+                             title: str = "accuracy vs latency") -> Any:
+    """Accuracy against batch-1 latency: one point per model (names containing a `marked` word drawn as stars)
+    and a dashed vertical line per latency-only reference (e.g. CLIP-B/16 with random weights: no accuracy).
+
+    Args:
+        points: {name: (median ms, accuracy)}.
+        references: {name: median ms} drawn as vertical lines.
+        marked: substrings of names drawn as stars (the teacher).
+
+    >>> fig = accuracy_latency_scatter({"teacher": (12.0, 0.8), "student_int8": (2.0, 0.7)}, {"clip_b16": 300.0})
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, (ms, acc) in points.items():
+        star = any(m in name for m in marked)
+        ax.scatter([ms], [acc], s=120 if star else 45, marker="*" if star else "o", color=_engine_color(name),
+                   zorder=3, edgecolor="k", linewidth=0.4)
+        ax.annotate(name, (ms, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for name, ms in (references or {}).items():
+        ax.axvline(ms, color=_engine_color(name), ls="--", lw=1)
+        ax.text(ms, 0.02, f" {name}", rotation=90, fontsize=7, va="bottom", ha="right", color=_engine_color(name),
+                transform=ax.get_xaxis_transform())
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency (ms), batch 1, log scale")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

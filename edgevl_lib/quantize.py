@@ -27,61 +27,41 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch.export import Dim
 from torch.fx import GraphModule
-from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
-from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-    X86InductorQuantizer,
-    get_default_x86_inductor_quantization_config,
-)
 
+# torchao registers enums with torch's pytree at import, which torch 2.14 answers with one deprecation
+# warning per enum on the "torch.utils._pytree" logger; keep executed notebooks free of them.
+_pytree_log = logging.getLogger("torch.utils._pytree")
+_pytree_level = _pytree_log.level
+_pytree_log.setLevel(logging.ERROR)
+try:
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+finally:
+    _pytree_log.setLevel(_pytree_level)
+
+from .config import QuantConfig
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
 
+__all__ = ["QuantConfig", "build_quantizer", "export_for_quant", "prepare_ptq", "calibrate", "prepare_qat",
+           "set_training", "convert", "compile_int8", "save_int8", "load_int8", "model_size_bytes"]
+
 Inputs = tuple[torch.Tensor, ...]
-
-QUANTIZERS = ("x86_inductor",)
-"""Quantizer backends this module knows (the int8 student is benchmarked on x86 CPUs first)."""
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How the student is quantized (TODO: move to edgevl_lib.config next to the stage configs).
-
-    Attributes:
-        quantizer: PT2E quantizer backend; only "x86_inductor" (oneDNN int8 kernels through Inductor).
-        calibration_batches: batches `calibrate` feeds through a PTQ-prepared model.
-        is_qat: fake-quant modules with trainable weights (QAT) instead of observers (PTQ).
-        per_channel: per-output-channel weight scales; the x86 quantizer supports only True.
-        reduce_range: 7-bit activations for CPUs without VNNI (avoids int16 overflow in u8*s8 dot products).
-        dynamic_batch: export with a symbolic batch dimension so one artifact serves every batch size.
-    """
-
-    quantizer: str = "x86_inductor"
-    calibration_batches: int = 8
-    is_qat: bool = False
-    per_channel: bool = True
-    reduce_range: bool = False
-    dynamic_batch: bool = True
-
-    def __post_init__(self) -> None:
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {QUANTIZERS}")
-        if not self.per_channel:
-            raise ValueError("X86InductorQuantizer quantizes weights per channel only (per_channel=True)")
-
-    def smoke(self) -> "QuantConfig":
-        return dataclasses.replace(self, calibration_batches=min(self.calibration_batches, 2))
-
 
 def build_quantizer(cfg: QuantConfig) -> X86InductorQuantizer:
     """The torchao quantizer for `cfg`: int8 per-channel symmetric weights, uint8 per-tensor activations."""
@@ -261,8 +241,34 @@ def save_int8(model: GraphModule, path: str | os.PathLike, example_inputs: Input
 
 
 def load_int8(path: str | os.PathLike) -> GraphModule:
-    """Load a `.pt2` saved by `save_int8` (torch.export.load: no arbitrary unpickling) as a runnable module."""
+    """Load a `.pt2` saved by `save_int8` as a runnable module.
+
+    torch.export.load unpickles (weights_only=False) every archive entry flagged `use_pickle` and the state dict
+    of legacy archives, so a crafted file could run code. `save_int8` writes none; such archives are refused
+    before torch.export.load opens them.
+
+    Raises:
+        ValueError: naming the file when it is not a .pt2 archive, uses the legacy layout, or holds pickles.
+    """
+    _refuse_pickled_pt2(Path(path))
     return torch.export.load(path).module()
+
+
+def _refuse_pickled_pt2(path: Path) -> None:
+    fix = "Re-create it with quantize.save_int8 from the student checkpoint; never load .pt2 files from elsewhere."
+    try:
+        with zipfile.ZipFile(path) as archive:
+            configs = {n: json.loads(archive.read(n)) for n in archive.namelist()
+                       if n.endswith(("_weights_config.json", "_constants_config.json"))}
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable .pt2 archive ({err}). {fix}") from err
+    if not configs:
+        raise ValueError(f"{path}: legacy or unknown .pt2 layout (its state dict would be unpickled); refused. {fix}")
+    pickled = [f"{name}:{key}" for name, cfg in configs.items() for key, entry in cfg.get("config", {}).items()
+               if entry.get("use_pickle")]
+    if pickled:
+        raise ValueError(f"{path}: refused: entries {pickled[:3]} are pickled Python objects, which could run code "
+                         f"when loaded. {fix}")
 
 
 def model_size_bytes(path: str | os.PathLike) -> int:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -166,7 +166,8 @@ def train_and_evaluate(cfg: Stage1Config, dataset: data.PairedDataset, cache: Em
 def modality_ablation(cfg: Stage1Config, dataset: data.PairedDataset, cache: EmbeddingCache,
                       evalset: data.PairedDataset, text_emb: torch.Tensor, *, out_dir: str | os.PathLike,
                       variants: Sequence[str] = TRAIN_MODALITIES, eval_modalities: Sequence[str] | None = None,
-                      resume: bool = False) -> dict[str, StudentRun]:
+                      resume: bool = False, checkpoint_dirs: Mapping[str, str | os.PathLike] | None = None
+                      ) -> dict[str, StudentRun]:
     """The paper's stage-1 ablation: one student per `train_modalities` variant under the same budget.
 
     Each variant uses `dataclasses.replace(cfg, train_modalities=variant)`, checkpointed in its own folder: same
@@ -178,6 +179,8 @@ def modality_ablation(cfg: Stage1Config, dataset: data.PairedDataset, cache: Emb
         dataset, cache, evalset, text_emb, eval_modalities, resume: as in `train_and_evaluate`.
         out_dir: parent folder; variant v trains in `<out_dir>/<v>`.
         variants: which variants to train, in order.
+        checkpoint_dirs: variant -> checkpoint folder instead of `<out_dir>/<v>/checkpoints` (notebook 02 puts
+            the dual student in `pipeline.stage1_checkpoint_dir`, where notebooks 03-05 look for it).
 
     Returns:
         {variant: StudentRun}.
@@ -185,8 +188,9 @@ def modality_ablation(cfg: Stage1Config, dataset: data.PairedDataset, cache: Emb
     unknown = [v for v in variants if v not in TRAIN_MODALITIES]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; use {TRAIN_MODALITIES}")
-    return {v: train_and_evaluate(dataclasses.replace(cfg, train_modalities=v, checkpoint_dir=None), dataset, cache,
-                                  evalset, text_emb,
+    folders = {v: str(p) for v, p in (checkpoint_dirs or {}).items()}
+    return {v: train_and_evaluate(dataclasses.replace(cfg, train_modalities=v, checkpoint_dir=folders.get(v)), dataset,
+                                  cache, evalset, text_emb,
                                   out_dir=Path(out_dir) / v, eval_modalities=eval_modalities, resume=resume)
             for v in variants}
 

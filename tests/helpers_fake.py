@@ -9,6 +9,7 @@ Nothing here downloads or needs teachers.py.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import torch
@@ -73,3 +74,43 @@ def make_fake_cache(out_root: str | Path, dataset: data.PairedDataset, teacher: 
     """The embedding cache of every image of `dataset` under `teacher` (default FakeTeacher()), K = `views`."""
     return build_embedding_cache(teacher or FakeTeacher(), dataset, list(range(len(dataset))), views=views,
                                  seed=seed, out_root=out_root, batch_size=8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Slowed-down fakes for the SIGKILL tests (test_hardening.py): a child process runs long enough to be killed
+# mid-epoch / mid-build, and leaves a tick per unit of work so the parent knows where it is.
+# ----------------------------------------------------------------------------------------------
+
+
+def _tick(tick_file: Path | None) -> None:
+    if tick_file is not None:
+        with open(tick_file, "ab") as fh:  # one byte per unit of work; the parent reads the file size
+            fh.write(b".")
+
+
+class SlowPairedFolder(data.PairedFolder):
+    """A PairedFolder that sleeps `delay` seconds per sample read and appends one byte to `tick_file` after each."""
+
+    def __init__(self, root: str | Path, delay: float = 0.0, tick_file: str | Path | None = None) -> None:
+        super().__init__(root)
+        self.delay, self.tick_file = delay, Path(tick_file) if tick_file else None
+
+    def load(self, index: int) -> data.Sample:
+        time.sleep(self.delay)
+        sample = super().load(index)
+        _tick(self.tick_file)
+        return sample
+
+
+class SlowFakeTeacher(FakeTeacher):
+    """FakeTeacher (same id, same embeddings) that sleeps `delay` seconds per encode_image call and ticks."""
+
+    def __init__(self, delay: float = 0.0, tick_file: str | Path | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delay, self.tick_file = delay, Path(tick_file) if tick_file else None
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        out = super().encode_image(images)
+        _tick(self.tick_file)
+        return out

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
+from edgevl_lib.config import QuantConfig
 from edgevl_lib.quantize import (
-    QuantConfig,
     calibrate,
     convert,
     export_for_quant,

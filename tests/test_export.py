@@ -1,0 +1,171 @@
+"""Tests for edgevl_lib.export: fp32 / int8 Q/DQ ONNX export of tiny students, the TensorRT flavour, inspection."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgevl_lib import export, quantize
+from edgevl_lib.students import count_params, create_student
+
+SIZE = 32
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _ptq(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    student = create_student(arch, embed_dim=16, image_size=SIZE).eval()
+    prepared = quantize.prepare_ptq(student, (_images(2, 0),))
+    quantize.calibrate(prepared, [_images(8, 1 + i) for i in range(3)])
+    return student, quantize.convert(prepared)
+
+
+@pytest.fixture(scope="module")
+def conv_files(tmp_path_factory, one_thread):
+    """(fp32 student, int8 model, {"fp32", "int8", "int8_trt": path}) of the tiny conv student."""
+    fp32, int8 = _ptq("conv_tiny_test")
+    paths = export.export_pair(fp32, int8, tmp_path_factory.mktemp("onnx"), "tiny")
+    return fp32, int8, paths
+
+
+@pytest.fixture(scope="module")
+def vit_files(tmp_path_factory, one_thread):
+    fp32, int8 = _ptq("vit_tiny_test")
+    out = tmp_path_factory.mktemp("vit")
+    return fp32, int8, {"int8": export.export_onnx(int8, out / "vit_int8.onnx", SIZE)}
+
+
+def test_int8_file_holds_qdq_nodes_and_int8_weights(conv_files):
+    fp32, _, paths = conv_files
+    s = export.qdq_summary(paths["int8"])
+    layers = [m for m in fp32.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert s["quantize_linear"] > 0 and s["dequantize_linear"] >= s["quantize_linear"]
+    assert s["per_channel_dq"] == len(layers)  # one per-channel weight DQ per conv / linear
+    assert s["quantized_weight_bytes"] == sum(m.weight.numel() for m in layers)  # one byte per weight
+    assert s["initializer_bytes"]["int8"] >= s["quantized_weight_bytes"]  # + per-channel int8 zero points
+    assert s["activation_zero_point_dtypes"] == {"uint8": s["quantize_linear"]}  # x86 PT2E: uint8 activations
+    assert not s["symmetric_int8"]
+    assert export.qdq_summary(paths["fp32"])["quantize_linear"] == 0
+
+
+def test_onnx_keeps_the_pt2e_scales_exactly(conv_files):
+    _, int8, paths = conv_files
+    torch_scales = {round(float(n.args[1]), 9) for n in int8.graph.nodes
+                    if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default}
+    model = onnx.load(str(paths["int8"]))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    onnx_scales = {round(float(inits[n.input[1]]), 9) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert onnx_scales == torch_scales and len(onnx_scales) > 3
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_reproduces_torch_at_any_batch(conv_files, batch):
+    fp32, int8, paths = conv_files
+    x = _images(batch, 10 + batch)
+    assert export.onnx_agreement(fp32, paths["fp32"], x)["max_abs_diff"] < 1e-4
+    agree = export.onnx_agreement(int8, paths["int8"], x)  # integer kernels vs the float simulation
+    assert agree["cosine_min"] > 0.999
+    assert export.onnx_agreement(fp32, paths["int8"], x)["cosine_min"] > 0.98
+
+
+def test_vit_int8_runs_integer_matmuls_and_matches_torch(vit_files):
+    fp32, int8, paths = vit_files
+    ops = export.ort_fused_ops(paths["int8"])
+    assert ops.get("MatMulIntegerToFloat", 0) >= 4  # qkv, proj, fc1, fc2 of the one block
+    x = _images(4, 5)
+    assert export.onnx_agreement(int8, paths["int8"], x)["cosine_min"] > 0.9999
+    assert export.onnx_agreement(fp32, paths["int8"], x)["cosine_min"] > 0.98
+
+
+def test_ort_fuses_conv_qdq_into_integer_kernels(conv_files):
+    ops = export.ort_fused_ops(conv_files[2]["int8"])
+    assert ops.get("QLinearConv", 0) >= 5
+    assert "QLinearConv" not in export.ort_fused_ops(conv_files[2]["fp32"])
+
+
+def test_metadata_and_sizes(conv_files):
+    fp32, _, paths = conv_files
+    params = count_params(fp32)
+    meta = export.qdq_summary(paths["int8"])["metadata"]
+    assert meta["image_size"] == str(SIZE) and meta["precision"] == "int8-qdq" and meta["arch"] == "conv_tiny_test"
+    assert meta["params"] == str(params) and meta["embed_dim"] == "16"
+    assert export.qdq_summary(paths["fp32"])["metadata"]["precision"] == "fp32"
+    fp32_bpp, int8_bpp = export.bytes_per_param(paths["fp32"], params), export.bytes_per_param(paths["int8"], params)
+    assert 4.0 < fp32_bpp < 4.5 and int8_bpp < fp32_bpp / 2.5
+    summary = export.export_summary(paths, params)
+    assert summary["int8"]["bytes"] == paths["int8"].stat().st_size
+    assert summary["int8"]["bytes_per_param"] == pytest.approx(int8_bpp)
+
+
+def test_tensorrt_flavour_is_symmetric_int8_with_the_same_range(conv_files):
+    fp32, _, paths = conv_files
+    src, dst = onnx.load(str(paths["int8"])), onnx.load(str(paths["int8_trt"]))
+    assert export.qdq_summary(paths["int8_trt"])["symmetric_int8"]
+    s_init = {i.name: numpy_helper.to_array(i) for i in src.graph.initializer}
+    d_init = {i.name: numpy_helper.to_array(i) for i in dst.graph.initializer}
+    checked = 0
+    for a, b in zip(src.graph.node, dst.graph.node):
+        if a.op_type == "QuantizeLinear":
+            s, z = float(s_init[a.input[1]]), int(s_init[a.input[2]])
+            assert float(d_init[b.input[1]]) == pytest.approx(s * max(z, 255 - z) / 127, rel=1e-6)
+            assert d_init[b.input[2]].dtype == np.int8 and int(d_init[b.input[2]]) == 0
+            checked += 1
+    assert checked == export.qdq_summary(paths["int8"])["quantize_linear"]
+    weights = [v for v in d_init.values() if v.dtype == np.int8 and v.size > 1]
+    assert weights and min(int(w.min()) for w in weights) >= -127
+    x = _images(6, 7)
+    assert export.onnx_agreement(fp32, paths["int8_trt"], x)["cosine_min"] > 0.98  # runs in ORT too
+    with pytest.raises(export.ExportError, match="no QuantizeLinear"):
+        export.to_tensorrt_qdq(paths["fp32"], paths["fp32"].with_name("bad_trt.onnx"))
+
+
+def test_export_needs_an_image_size(tmp_path):
+    with pytest.raises(export.ExportError, match="image_size"):
+        export.export_onnx(torch.nn.Linear(3, 4), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cosine_matches_a_hand_computation():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 2.0], [2.0, 2.0]])
+    assert export.cosine(a, b).tolist() == pytest.approx([0.0, 1.0])
+    with pytest.raises(ValueError):
+        export.cosine(a, b[:1])
+
+
+def test_is_quantized(conv_files):
+    fp32, int8, _ = conv_files
+    assert export.is_quantized(int8) and not export.is_quantized(fp32)
+
+
+class Wrapped(torch.nn.Module):
+    """Shaped like stage2.Int8Student: the converted GraphModule as `.graph`, the float student's config."""
+
+    def __init__(self, graph: torch.nn.Module, config: dict) -> None:
+        super().__init__()
+        self.graph, self.config = graph, dict(config)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+
+def test_exports_a_wrapped_or_reloaded_int8_model(conv_files, tmp_path):
+    fp32, int8, paths = conv_files
+    x = _images(3, 21)
+    wrapped = export.export_onnx(Wrapped(int8, fp32.config), tmp_path / "wrapped.onnx")
+    summary = export.qdq_summary(wrapped)
+    assert summary["metadata"]["arch"] == "conv_tiny_test" and summary["metadata"]["image_size"] == str(SIZE)
+    assert summary["quantize_linear"] == export.qdq_summary(paths["int8"])["quantize_linear"]
+    assert export.onnx_agreement(int8, wrapped, x)["cosine_min"] > 0.999
+    loaded = quantize.load_int8(quantize.save_int8(int8, tmp_path / "student.pt2", (_images(2, 0),)))
+    reloaded = export.export_onnx(loaded, tmp_path / "reloaded.onnx", image_size=SIZE)
+    assert export.onnx_agreement(wrapped, reloaded, x)["max_abs_diff"] < 1e-5

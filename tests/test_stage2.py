@@ -1,0 +1,158 @@
+"""Tests for stage 2 (train.train_stage2, stage2.build_int8_variants): QAT + triplet training, resume, int8
+artifacts, and the ablation's evaluation, on a 16-image fake paired folder with a tiny conv student."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from edgevl_lib import quantize
+from edgevl_lib.config import Stage2Config
+from edgevl_lib.stage2 import (
+    Int8Student,
+    build_int8_variants,
+    calibration_batches,
+    evaluate_variants,
+    load_int8_student,
+    save_int8_student,
+)
+from edgevl_lib.students import create_student
+from edgevl_lib.train import fingerprint, train_stage2
+from helpers_fake import FAKE_CLASSES, FakeTeacher, make_fake_cache, make_paired_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EMBED = 16
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    dataset = make_paired_folder(root / "data", n=16, size=16)
+    teacher = FakeTeacher(embed_dim=EMBED)
+    cache = make_fake_cache(root / "cache", dataset, teacher, views=2)
+    torch.manual_seed(0)
+    student = create_student("conv_tiny_test", EMBED, 16).eval()
+    pseudo = {sid: i % len(FAKE_CLASSES) for i, sid in enumerate(dataset.ids)}  # stand-in teacher pseudo-labels
+    text = teacher.encode_text(list(FAKE_CLASSES))
+    cfg = dataclasses.replace(Stage2Config().smoke(), epochs=2, lr=1e-3)
+    return root, dataset, cache, student, pseudo, text, cfg
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stage2_trains_fake_quantized_student_with_triplets(setup, tmp_path):
+    _, dataset, cache, student, pseudo, _, cfg = setup
+    before = fingerprint(student)
+    result = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path)
+    assert fingerprint(student) == before  # the stage-1 student itself is untouched
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for record in result.history:
+        assert set(record["parts"]) == {"dual", "triplet"}
+        assert record["images"] == 16 and record["steps"] == 2
+        assert record["mined"] >= record["anchors"] > 0  # semi-hard triplets were found in the batches
+        assert torch.isfinite(torch.tensor(record["loss"]))
+    assert result.triplets["mined"] == sum(h["mined"] for h in result.history)
+    fake_quant = [m for n, m in result.model.named_children() if n.startswith("activation_post_process")]
+    assert fake_quant and all(int(m.observer_enabled) == 1 for m in fake_quant)  # QAT graph, not yet converted
+    assert (result.checkpoint_dir / "state.json").is_file() and result.last_checkpoint.is_file()
+
+
+def test_plain_qat_needs_no_pseudo_labels_and_mines_nothing(setup, tmp_path):
+    _, dataset, cache, student, _, _, cfg = setup
+    result = train_stage2(dataclasses.replace(cfg, epochs=1, contrastive_weight=0.0), student, dataset, cache, None,
+                          out_dir=tmp_path)
+    assert set(result.history[0]["parts"]) == {"dual"} and result.history[0]["mined"] == 0
+
+
+def test_stage2_resume_matches_an_uninterrupted_run(setup, tmp_path):
+    _, dataset, cache, student, pseudo, _, cfg = setup
+    full = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "full")
+
+    def stop_after_first_epoch(record, model):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "cut", callbacks=[stop_after_first_epoch])
+    resumed = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "cut")
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # weights, BN and fake-quant state (eps too)
+
+
+def test_stage2_refuses_a_checkpoint_of_another_student(setup, tmp_path):
+    _, dataset, cache, student, pseudo, _, cfg = setup
+    one_epoch = dataclasses.replace(cfg, epochs=1)
+    train_stage2(one_epoch, student, dataset, cache, pseudo, out_dir=tmp_path)
+    torch.manual_seed(1)
+    other = create_student("conv_tiny_test", EMBED, 16).eval()
+    with pytest.raises(ValueError, match="another run"):
+        train_stage2(dataclasses.replace(cfg, epochs=2), other, dataset, cache, pseudo, out_dir=tmp_path)
+
+
+def test_missing_pseudo_labels_and_head_width_are_clear_errors(setup, tmp_path):
+    _, dataset, cache, student, pseudo, _, cfg = setup
+    with pytest.raises(ValueError, match="no pseudo-label"):
+        train_stage2(cfg, student, dataset, cache, {}, out_dir=tmp_path)
+    wide = create_student("conv_tiny_test", EMBED * 2, 16)
+    with pytest.raises(ValueError, match=str(cache.path)):
+        train_stage2(cfg, wide, dataset, cache, pseudo, out_dir=tmp_path)
+
+
+def test_calibration_batches_hold_every_modality(setup):
+    _, dataset, cache, student, _, _, cfg = setup
+    batches = calibration_batches(dataset, cache, cfg, student.image_size, batches=2)
+    assert len(batches) == 2 and all(b.shape == (2 * cfg.batch_size, 3, 16, 16) for b in batches)
+
+
+def test_int8_variants_are_built_saved_and_reloaded(setup, tmp_path):
+    # A ViT student: converting a QAT conv + batch-norm graph costs ~20 s of pattern tracing (notebook smoke test).
+    _, dataset, cache, _, pseudo, text, cfg = setup
+    torch.manual_seed(0)
+    student = create_student("vit_tiny_test", EMBED, 16).eval()
+    cfg = dataclasses.replace(cfg, epochs=1, lr=1e-5)
+    variants = build_int8_variants(student, dataset, cache, pseudo, cfg, out_dir=tmp_path)
+    assert set(variants.models) == {"ptq_int8", "qat_int8", "stage2_int8"} and not variants.from_cache
+    assert variants.triplets["mined"] > 0 and set(variants.history) == {"qat_int8", "stage2_int8"}
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = student(x)
+        cos = {name: torch.nn.functional.cosine_similarity(model(x), reference).min().item()
+               for name, model in variants.models.items()}
+    assert cos["ptq_int8"] >= 0.98, cos  # calibrated on two training batches
+    assert min(cos.values()) >= 0.9, cos  # one QAT epoch at lr 1e-5 stays close to the float student
+
+    again = build_int8_variants(student, dataset, cache, pseudo, cfg, out_dir=tmp_path)
+    assert again.from_cache and again.triplets == variants.triplets
+    with torch.no_grad():
+        for name in variants.models:
+            assert torch.equal(again.models[name](x), variants.models[name](x))
+    assert all(size > 0 for size in again.sizes.values())
+
+    table = evaluate_variants({"stage1_fp32": student, **again.models}, dataset, text, ["rgb", "depth"])
+    for row in table.values():
+        assert row["avg"] == pytest.approx((row["rgb"] + row["depth"]) / 2)
+        assert 0.0 <= row["avg"] <= 1.0
+
+
+def test_int8_student_round_trip_and_sidecar(setup, tmp_path):
+    _, _, _, student, _, _, cfg = setup
+    prepared = quantize.prepare_ptq(student, student.example_inputs(4), cfg.quant)
+    quantize.calibrate(prepared, [torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(i))
+                                  for i in range(2)])
+    int8 = Int8Student(quantize.convert(prepared), student.config)
+    path = save_int8_student(int8, tmp_path / "student_int8.pt2")
+    loaded = load_int8_student(path)
+    assert (loaded.arch, loaded.embed_dim, loaded.image_size) == (student.arch, EMBED, 16)
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), int8(x))
+        assert torch.allclose(loaded.encode(x).norm(dim=-1), torch.ones(3), atol=1e-5)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        load_int8_student(path)
