@@ -262,12 +262,9 @@ def nominal_fp32_bytes(model_name: str = "ViT-g-14") -> dict[str, int]:
     Returns:
         {"params", "image_params", "bytes", "image_bytes"} (whole model and image tower).
     """
-    import open_clip  # the one other place it is needed: building on "meta" (teachers.py builds real models)
+    from .teachers import open_clip_parameter_counts  # open_clip is imported in teachers.py only
 
-    with torch.device("meta"):  # without it open_clip builds and initialises on CPU first (ViT-g-14: 5.5 GB, 25 s)
-        model = open_clip.create_model(model_name, pretrained=None, device="meta")
-    params = sum(p.numel() for p in model.parameters())
-    image = sum(p.numel() for p in model.visual.parameters())
+    params, image = open_clip_parameter_counts(model_name)
     return {"params": int(params), "image_params": int(image), "bytes": 4 * int(params), "image_bytes": 4 * int(image)}
 
 

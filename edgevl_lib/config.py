@@ -244,8 +244,10 @@ class Stage1Config:
             raise ValueError(f"train_modalities={self.train_modalities!r} needs a non-RGB modality in "
                              f"modalities={self.modalities!r}")
 
-    def smoke(self) -> "Stage1Config":
-        return dataclasses.replace(self, arch="conv_tiny_test", pretrained=False, image_size=32, epochs=2,
+    def smoke(self, arch: str = "conv_tiny_test") -> "Stage1Config":
+        """Tiny settings for tests. The notebooks' smoke runs pass arch="vit_tiny_test": converting a QAT
+        conv + batch-norm graph (stage 2) costs ~20 s of torchao pattern tracing, a ViT a second."""
+        return dataclasses.replace(self, arch=arch, pretrained=False, image_size=32, epochs=2,
                                    batch_size=8, warmup_epochs=0.0, num_workers=0)
 
 
