@@ -40,7 +40,7 @@ from . import data, quantize, utils
 from .cache import CachedViewDataset, EmbeddingCache
 from .config import Stage2Config, to_dict
 from .evaluate import evaluate_zero_shot
-from .students import Student, count_params
+from .students import Student, count_params, reparameterized
 from .train import Stage2Result, fingerprint, train_stage2
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def calibration_batches(dataset: data.PairedDataset, cache: EmbeddingCache, cfg:
 
 def ptq_int8(student: Student, batches: Sequence[torch.Tensor], cfg: Stage2Config) -> Int8Student:
     """Post-training quantization of the float student: observers, `batches` through it, convert to int8."""
-    float_copy = _cpu_copy(student)  # export shares storage with the module it traces
+    float_copy = _for_quant(student)  # a copy: export shares storage with the module it traces
     prepared = quantize.prepare_ptq(float_copy, float_copy.example_inputs(2), cfg.quant)
     quantize.calibrate(prepared, batches)
     return Int8Student(quantize.convert(prepared), student.config).eval()
@@ -156,6 +156,11 @@ def ptq_int8(student: Student, batches: Sequence[torch.Tensor], cfg: Stage2Confi
 
 def _cpu_copy(student: Student) -> Student:
     return copy.deepcopy(student).cpu().eval()
+
+
+def _for_quant(student: Student) -> Student:
+    """A CPU copy in eval mode with MobileOne-style branches folded (`students.reparameterized`)."""
+    return reparameterized(student).cpu().eval()
 
 
 @dataclass

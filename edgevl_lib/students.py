@@ -15,7 +15,7 @@ Architectures (`create_student(arch, ...)`; any other timm model name works too)
 | `vit_small_patch16_224`           | 21.6 M          | multiples of 16 (`img_size` kwarg resizes pos-embed)|
 | `swin_tiny_patch4_window7_224`    | 27.5 M          | multiples of 32 recommended (`img_size` kwarg)      |
 | `fastvit_mci0` (MobileCLIP MCi0)  | 10.9 M          | any >= 32 (no `img_size` kwarg needed)              |
-| `vit_tiny_test`, `swin_tiny_test`, `conv_tiny_test` | < 0.4 M | test-only, random weights                 |
+| `vit_tiny_test`, `swin_tiny_test`, `conv_tiny_test`, `fastvit_tiny_test` | < 0.4 M | test-only, random weights |
 
 Swin: the stages run at H/4, H/8, H/16, H/32. timm 1.0.31 clamps the 7x7 window to a stage's
 resolution when the stage is smaller (64 px: windows 7, 7, 4, 2), pads stages that are not a
@@ -75,7 +75,8 @@ TEST_STUDENT_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
     "vit_tiny_test": ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}),
     "swin_tiny_test": ("swin_tiny_patch4_window7_224",
                        {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}),
-    "conv_tiny_test": ("test_resnet", {"zero_init_last": False}),  # QAT conv-bn folding divides by BN gamma
+    "conv_tiny_test": ("test_resnet", {"zero_init_last": False}),
+    "fastvit_tiny_test": ("fastvit_t8", {"layers": (1, 1, 1, 1), "embed_dims": (8, 16, 32, 64)}),  # QAT conv-bn folding divides by BN gamma
 }
 
 HEADS: tuple[str, ...] = ("linear", "mlp")
@@ -233,6 +234,23 @@ def _require_cached_url_weights(model_name: str) -> None:
     local = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
     if not local.is_file():
         raise StudentWeightsMissing(_missing_weights_message(model_name, str(local)))
+
+
+def reparameterized(model: nn.Module) -> nn.Module:
+    """A copy of `model` with train-time branches folded into single convolutions, for int8 export.
+
+    MobileOne-style blocks (FastViT, MobileCLIP's MCi) sum parallel conv / BN branches while training;
+    `timm.utils.reparameterize_model` folds each block into one conv (the same function in eval mode). The x86
+    int8 quantizer cannot annotate the unfolded branch sums, so stage 2 quantizes this copy. Models without
+    such blocks come back as an unchanged copy.
+
+    >>> s = create_student("fastvit_tiny_test", 8, 32).eval(); r = reparameterized(s)
+    >>> bool(torch.allclose(s(torch.ones(1, 3, 32, 32)), r(torch.ones(1, 3, 32, 32)), atol=1e-5))
+    True
+    """
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model, inplace=False)
 
 
 def count_params(model: nn.Module) -> int:

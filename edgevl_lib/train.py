@@ -39,7 +39,6 @@ of every epoch so all ranks hold the weights rank 0 checkpoints.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -67,7 +66,7 @@ from .config import Stage1Config, Stage2Config, to_dict
 from .teachers import Teacher
 from .losses import combined_distillation_loss
 from .mining import cross_modal_triplet_loss
-from .students import Student, create_student, load_student_weights, save_student
+from .students import Student, create_student, load_student_weights, reparameterized, save_student
 
 log = logging.getLogger(__name__)
 
@@ -634,7 +633,8 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     image_size = student.image_size
 
     utils.seed_everything(cfg.seed)
-    float_copy = copy.deepcopy(student).to(device).eval()  # export shares storage with the module it traces
+    # a copy (export shares storage with the module it traces), MobileOne-style branches folded
+    float_copy = reparameterized(student).eval().to(device)
     prepared = quantize.prepare_qat(float_copy, float_copy.example_inputs(2),
                                     dataclasses.replace(cfg.quant, is_qat=True)).to(device)
     views = CachedViewDataset(cache, dataset, image_size, cfg.seed)

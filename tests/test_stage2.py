@@ -15,6 +15,7 @@ from edgevl_lib.stage2 import (
     calibration_batches,
     evaluate_variants,
     load_int8_student,
+    ptq_int8,
     save_int8_student,
 )
 from edgevl_lib.students import create_student
@@ -156,3 +157,17 @@ def test_int8_student_round_trip_and_sidecar(setup, tmp_path):
     path.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match="sidecar"):
         load_int8_student(path)
+
+
+def test_mobileone_style_students_are_folded_before_quantization(setup):
+    # FastViT / MobileCLIP MCi blocks sum conv branches; the x86 quantizer only annotates the folded convs.
+    _, dataset, cache, _, _, _, cfg = setup
+    torch.manual_seed(0)
+    student = create_student("fastvit_tiny_test", EMBED, 16).eval()
+    batches = calibration_batches(dataset, cache, cfg, 16, batches=2)
+    int8 = ptq_int8(student, batches, cfg)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(int8(x), student(x)).min().item()
+    assert cos >= 0.98
+    assert any(hasattr(m, "reparameterize") for m in student.modules())  # the student itself stays unfolded
