@@ -34,11 +34,18 @@ def setup(tmp_path_factory):
     teacher = FakeTeacher(embed_dim=EMBED)
     cache = make_fake_cache(root / "cache", dataset, teacher, views=2)
     torch.manual_seed(0)
-    student = create_student("conv_tiny_test", EMBED, 16).eval()
+    student = create_student("conv_tiny_test", EMBED, 16).eval()  # conv + batch norm, like EfficientNet-lite0
     pseudo = {sid: i % len(FAKE_CLASSES) for i, sid in enumerate(dataset.ids)}  # stand-in teacher pseudo-labels
     text = teacher.encode_text(list(FAKE_CLASSES))
     cfg = dataclasses.replace(Stage2Config().smoke(), epochs=2, lr=1e-3)
     return root, dataset, cache, student, pseudo, text, cfg
+
+
+@pytest.fixture(scope="module")
+def vit():
+    """A ViT student: preparing its QAT graph takes a second (conv + batch norm: ~5 s of pattern tracing)."""
+    torch.manual_seed(0)
+    return create_student("vit_tiny_test", EMBED, 16).eval()
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -62,14 +69,17 @@ def test_stage2_trains_fake_quantized_student_with_triplets(setup, tmp_path):
     assert (result.checkpoint_dir / "state.json").is_file() and result.last_checkpoint.is_file()
 
 
-def test_plain_qat_needs_no_pseudo_labels_and_mines_nothing(setup, tmp_path):
-    _, dataset, cache, student, _, _, cfg = setup
+def test_plain_qat_needs_no_pseudo_labels_and_mines_nothing(setup, vit, tmp_path):
+    _, dataset, cache, _, _, _, cfg = setup
+    student = vit
     result = train_stage2(dataclasses.replace(cfg, epochs=1, contrastive_weight=0.0), student, dataset, cache, None,
                           out_dir=tmp_path)
     assert set(result.history[0]["parts"]) == {"dual"} and result.history[0]["mined"] == 0
 
 
 def test_stage2_resume_matches_an_uninterrupted_run(setup, tmp_path):
+    # conv + batch norm student: bitwise. A ViT's QAT graph resumes close but not bitwise (a known gap, see
+    # train.load_graph_weights).
     _, dataset, cache, student, pseudo, _, cfg = setup
     full = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "full")
 
@@ -86,12 +96,13 @@ def test_stage2_resume_matches_an_uninterrupted_run(setup, tmp_path):
     assert [k for k in a if not torch.equal(a[k], b[k])] == []  # weights, BN and fake-quant state (eps too)
 
 
-def test_stage2_refuses_a_checkpoint_of_another_student(setup, tmp_path):
-    _, dataset, cache, student, pseudo, _, cfg = setup
+def test_stage2_refuses_a_checkpoint_of_another_student(setup, vit, tmp_path):
+    _, dataset, cache, _, pseudo, _, cfg = setup
+    student = vit
     one_epoch = dataclasses.replace(cfg, epochs=1)
     train_stage2(one_epoch, student, dataset, cache, pseudo, out_dir=tmp_path)
     torch.manual_seed(1)
-    other = create_student("conv_tiny_test", EMBED, 16).eval()
+    other = create_student("vit_tiny_test", EMBED, 16).eval()
     with pytest.raises(ValueError, match="another run"):
         train_stage2(dataclasses.replace(cfg, epochs=2), other, dataset, cache, pseudo, out_dir=tmp_path)
 
@@ -111,11 +122,10 @@ def test_calibration_batches_hold_every_modality(setup):
     assert len(batches) == 2 and all(b.shape == (2 * cfg.batch_size, 3, 16, 16) for b in batches)
 
 
-def test_int8_variants_are_built_saved_and_reloaded(setup, tmp_path):
-    # A ViT student: converting a QAT conv + batch-norm graph costs ~20 s of pattern tracing (notebook smoke test).
+def test_int8_variants_are_built_saved_and_reloaded(setup, vit, tmp_path):
+    # A ViT student: converting a QAT conv + batch-norm graph costs ~20 s of pattern tracing (`make report` runs it).
     _, dataset, cache, _, pseudo, text, cfg = setup
-    torch.manual_seed(0)
-    student = create_student("vit_tiny_test", EMBED, 16).eval()
+    student = vit
     cfg = dataclasses.replace(cfg, epochs=1, lr=1e-5)
     variants = build_int8_variants(student, dataset, cache, pseudo, cfg, out_dir=tmp_path)
     assert set(variants.models) == {"ptq_int8", "qat_int8", "stage2_int8"} and not variants.from_cache
