@@ -1,7 +1,6 @@
 """Tests for edgevl_lib.quantize: PTQ, QAT and int8 conversion on tiny timm students, the .pt2 round trip."""
 from __future__ import annotations
 
-import os
 import zipfile
 
 import pytest
@@ -101,13 +100,10 @@ def test_save_load_round_trip_is_exact_and_int8_on_disk(ptq, tmp_path):
     assert model_size_bytes(tmp_path) == sum(p.stat().st_size for p in tmp_path.iterdir())
 
 
-# torchao's QAT conv + batch-norm fusion (prepare) and folding (convert) trace ~60 pattern graphs with strict
-# torch.export: ~80 s on a shared 2-core machine, whatever the model size. The default run covers QAT on the
-# ViT and on the conv student without batch norm; EDGEVL_SLOW_TESTS=1 adds the conv + batch-norm student.
-SLOW = pytest.mark.skipif(not os.environ.get("EDGEVL_SLOW_TESTS"), reason="set EDGEVL_SLOW_TESTS=1 (~80 s)")
+# conv + batch norm converts through quantize.convert's folding of the conv kinds present only (~5 s, not ~20 s).
 
 
-@pytest.mark.parametrize("name", ["vit", "conv_no_bn", pytest.param("conv", marks=[pytest.mark.slow, SLOW])])
+@pytest.mark.parametrize("name", ["vit", "conv_no_bn", "conv"])
 def test_qat_trains_weights_and_observers_then_converts(name):
     model = STUDENTS[name]()
     data = _batches(4, seed=4)
