@@ -21,8 +21,9 @@ report: $(STAMP)
 smoke-report: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m edgevl_lib.run --smoke
 
+# two pytest workers, a test file each: the notebook runs (the longest file) overlap the rest
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile
 
 clean-reports:
 	rm -rf reports/*/

@@ -82,15 +82,17 @@ def export_html(notebook: Path, html_path: Path) -> Path:
     return html_path
 
 
-def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path | None = None) -> list[NotebookResult]:
-    """Execute the notebooks in order, printing each one's status and wall time as it finishes."""
+def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path | None = None,
+            html: bool = True) -> list[NotebookResult]:
+    """Execute the notebooks in order, printing each one's status and wall time as it finishes (`html`: also
+    export each executed notebook to HTML)."""
     out_root = Path(out_root) if out_root else reports_dir()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PAPERMILL_EXECUTION"] = "1"  # throttles progress bars inside the kernels
     results = []
     for book in list_notebooks(only):
         print(f"[run] {book.stem} ...", flush=True)
-        res = execute_notebook(book, out_root, smoke)
+        res = execute_notebook(book, out_root, smoke, html=html)
         results.append(res)
         extra = f"  ({res.message})" if res.message else ""
         print(f"[run] {res.stem}: {res.status} in {res.seconds:.1f} s{extra}", flush=True)

@@ -16,13 +16,13 @@ VOLATILE = {"seconds", "upstream", "epoch_seconds", "speed", "latency_ms", "late
             "from_cache", "file"}
 
 
-def _run_all(tmp_path_factory, name: str) -> tuple[Any, dict[str, run.NotebookResult]]:
+def _run_all(tmp_path_factory, name: str, html: bool = True) -> tuple[Any, dict[str, run.NotebookResult]]:
     out = tmp_path_factory.mktemp(f"reports_{name}")
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEVL_CACHE", str(tmp_path_factory.mktemp(f"cache_{name}")))
     mp.setenv("HF_HUB_OFFLINE", "1")
     try:
-        results = run.run_all(smoke=True, out_root=out)
+        results = run.run_all(smoke=True, out_root=out, html=html)
     finally:
         mp.undo()
     return out, {r.stem: r for r in results}
@@ -108,7 +108,7 @@ def test_benchmark_notebook_writes_sizes_latency_and_agreement(smoke_reports):
 
 def test_same_seed_gives_the_same_metrics(smoke_reports, tmp_path_factory):
     out, _ = smoke_reports
-    again, results = _run_all(tmp_path_factory, "second")
+    again, results = _run_all(tmp_path_factory, "second", html=False)
     assert all(r.status == "ok" for r in results.values())
     for stem in results:
         first, second = _stable(_metrics(out, stem)), _stable(_metrics(again, stem))
