@@ -65,17 +65,9 @@ class Int8Student(torch.nn.Module):
         self.graph = graph
         self.config = dict(config)
 
-    @property
-    def arch(self) -> str:
-        return str(self.config["arch"])
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.config["embed_dim"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.config["image_size"])
+    arch = Student.arch  # read from `config`, as the float student's
+    embed_dim = Student.embed_dim
+    image_size = Student.image_size
 
     def train(self, mode: bool = True) -> "Int8Student":
         """A no-op for the graph: a converted int8 graph is inference-only (batch norm folded, no dropout)."""

@@ -280,9 +280,9 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, param_groups: 
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def _config_for_resume(cfg: Stage1Config) -> dict[str, Any]:
+def _config_for_resume(cfg: Stage1Config | Stage2Config) -> dict[str, Any]:
     """The config as JSON would store it, minus the fields that may change on resume."""
-    cfg_dict = json.loads(json.dumps(to_dict(cfg)))
+    cfg_dict = json.loads(json.dumps(to_dict(cfg), default=str))
     return {k: v for k, v in cfg_dict.items() if k not in RESUME_IGNORED_FIELDS}
 
 
@@ -339,6 +339,18 @@ def _load_checkpoint(ckpt_dir: Path, load_weights: Callable[[Path], Any], optimi
     _set_rng_state(state["rng"])
     log.info("resuming from %s after epoch %d (step %d)", path, state["epochs_done"], state["step"])
     return state
+
+
+def _restore(ckpt_dir: Path, load_weights: Callable[[Path], Any], optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, extra: dict[str, Any],
+             resume: bool, rank: int = 0) -> dict[str, Any] | None:
+    """`_load_checkpoint` when resuming; with `resume=False` rank 0 discards the folder's state.json first."""
+    if not resume:
+        if rank == 0 and (ckpt_dir / STATE_FILE).is_file():
+            log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
+            (ckpt_dir / STATE_FILE).unlink()
+        return None
+    return _load_checkpoint(ckpt_dir, load_weights, optimizer, scheduler, scaler, extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,11 +423,8 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     extra = {"config": _config_for_resume(cfg), "targets": _target_source(cfg, cache, teacher)}
-    if not resume and rank == 0 and (ckpt_dir / STATE_FILE).is_file():
-        log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
-        (ckpt_dir / STATE_FILE).unlink()
-    state = _load_checkpoint(ckpt_dir, partial(load_student_weights, student), optimizer, scheduler, scaler, extra) \
-        if resume else None
+    state = _restore(ckpt_dir, partial(load_student_weights, student), optimizer, scheduler, scaler, extra, resume,
+                     rank)
     start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []
     best: dict[str, Any] = state["best"] if state else {"epoch": None, "loss": None}
@@ -655,16 +664,10 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         cosine_lr_factor, total_steps=steps_per_epoch * cfg.epochs, warmup_steps=0, min_ratio=min_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # fp32 QAT: nothing to scale
 
-    extra = {"config": json.loads(json.dumps(to_dict(cfg), default=str)),
+    extra = {"config": _config_for_resume(cfg),
              "targets": {"cache_key": cache.meta.get("key"), "cache_teacher_id": cache.meta["teacher_id"]},
              "stage1_student": fingerprint(student)}
-    extra["config"].pop("num_workers", None)
-    extra["config"].pop("checkpoint_dir", None)
-    if not resume and (ckpt_dir / STATE_FILE).is_file():
-        log.warning("resume=False: discarding the checkpoint in %s", ckpt_dir)
-        (ckpt_dir / STATE_FILE).unlink()
-    state = _load_checkpoint(ckpt_dir, partial(load_graph_weights, prepared), optimizer, scheduler, scaler, extra) \
-        if resume else None
+    state = _restore(ckpt_dir, partial(load_graph_weights, prepared), optimizer, scheduler, scaler, extra, resume)
     start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []
     last_checkpoint = ckpt_dir / state["student"] if state else None
