@@ -147,14 +147,16 @@ class _Clock:
         self._last = now
 
 
-def _pixels_digest(dataset: Any, modality: str) -> str:
-    h = hashlib.sha256()
-    for i in progress(range(len(dataset)), desc=f"hashing {modality} images", total=len(dataset)):
+def _pixels_digests(dataset: Any, modalities: Sequence[str]) -> dict[str, str]:
+    """sha256 per modality over (id, shape, float32 pixels) of every sample, in one pass over the dataset."""
+    hashes = {m: hashlib.sha256() for m in modalities}
+    for i in progress(range(len(dataset)), desc="hashing eval images", total=len(dataset)):
         sample = dataset[i]
-        x = sample.images[modality].detach().float().contiguous().cpu()
-        h.update(f"{sample.id}|{tuple(x.shape)}|".encode())
-        h.update(x.numpy().tobytes())
-    return h.hexdigest()
+        for m, h in hashes.items():
+            x = sample.images[m].detach().float().contiguous().cpu()
+            h.update(f"{sample.id}|{tuple(x.shape)}|".encode())
+            h.update(x.numpy().tobytes())
+    return {m: h.hexdigest() for m, h in hashes.items()}
 
 
 def teacher_embeddings(teacher: Teacher, dataset: Any, modalities: Sequence[str],
@@ -162,7 +164,7 @@ def teacher_embeddings(teacher: Teacher, dataset: Any, modalities: Sequence[str]
                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """`evaluate.embed_model(teacher, dataset, ...)`, stored per modality in the cache and reused.
 
-    Notebooks 02, 04 and 05 all need the teacher's embeddings of the evaluation images; each modality is
+    Notebooks 01, 02, 04 and 05 all need the teacher's embeddings of the evaluation images; each modality is
     embedded once and kept under `<cache>/analysis` (`analysis.save_embeddings`). The key is the teacher id,
     the modality's encoding and a sha256 of the exact pixels (ids, shapes, values), so any change to the
     data, the encoding or the teacher is a miss.
@@ -174,8 +176,9 @@ def teacher_embeddings(teacher: Teacher, dataset: Any, modalities: Sequence[str]
     from edgevl_lib.evaluate import embed_model
 
     encodings = dict(encodings or {})
-    keys = {m: f"teacher-eval|{teacher.id}|{(encodings.get(m) or default_encoding(m)).describe(m)}|"
-               f"{_pixels_digest(dataset, m)}" for m in modalities}
+    digests = _pixels_digests(dataset, modalities)
+    keys = {m: f"teacher-eval|{teacher.id}|{(encodings.get(m) or default_encoding(m)).describe(m)}|{digests[m]}"
+            for m in modalities}
     out, labels = {}, None
     for m in modalities:
         found = load_embeddings(keys[m])
