@@ -153,7 +153,7 @@ def compiled_int8_candidate(name: str, int8: torch.nn.Module, image_size: int,
                             model_name: str | None = None) -> Candidate:
     """The int8 PT2E model through `quantize.compile_int8` (Inductor freezing: oneDNN int8 kernels).
 
-    The first call per batch size compiles (about 1.5 min for a ViT-S on 2 CPU cores); `warmup` absorbs it.
+    The first call per batch size compiles (about 25 s for a ViT-S on one CPU thread); `warmup` absorbs it.
     """
     from .quantize import compile_int8
 
