@@ -166,17 +166,55 @@ def prepare_qat(model: torch.nn.Module, example_inputs: Inputs, cfg: QuantConfig
     """
     cfg = cfg or QuantConfig(is_qat=True)
     exported = _export_in_mode(model, example_inputs, training=True, dynamic_batch=cfg.dynamic_batch)
+    literals = _mode_literals(exported)
     prepared = prepare_qat_pt2e(exported, build_quantizer(dataclasses.replace(cfg, is_qat=True)))
+    _restore_mode_literals(prepared, literals)
     return set_training(prepared, True)
+
+
+# aten op -> positions of the literal arguments that torchao's pattern rewrites replace with its pattern's own
+# constants: dropout(input, p, train) keeps p; batch_norm(input, w, b, mean, var, training, momentum, eps, cudnn)
+# keeps momentum and eps.
+_KEPT_LITERALS = {torch.ops.aten.dropout.default: (1,), torch.ops.aten.batch_norm.default: (6, 7)}
+
+
+def _mode_literals(graph: GraphModule) -> list[tuple[Any, tuple[Any, ...]]]:
+    return [(n.target, tuple(n.args[i] for i in _KEPT_LITERALS[n.target])) for n in graph.graph.nodes
+            if n.op == "call_function" and n.target in _KEPT_LITERALS]
+
+
+def _restore_mode_literals(graph: GraphModule, literals: list[tuple[Any, tuple[Any, ...]]]) -> None:
+    """Put back dropout p and batch-norm momentum / eps after a torchao pattern rewrite.
+
+    torchao matches dropout / batch norm with `ignore_literals=True` and writes its pattern's constants in
+    their place: `move_exported_model_to_train` turns every dropout (even p = 0, even one already in train
+    mode) into p = 0.5, and the QAT conv + batch-norm fusion resets eps to 1e-5 (timm's TF-ported
+    EfficientNet uses 1e-3). The rewrites keep the nodes' order, so the literals are restored in order.
+    """
+    nodes = [n for n in graph.graph.nodes if n.op == "call_function" and n.target in _KEPT_LITERALS]
+    if [n.target for n in nodes] != [t for t, _ in literals]:
+        log.warning("dropout / batch-norm nodes changed in a torchao rewrite (%d -> %d); their p / eps are "
+                    "torchao's defaults now", len(literals), len(nodes))
+        return
+    for node, (target, values) in zip(nodes, literals):
+        args = list(node.args)
+        for i, value in zip(_KEPT_LITERALS[target], values):
+            args[i] = value
+        node.args = tuple(args)
+    graph.recompile()
 
 
 def set_training(prepared: GraphModule, training: bool) -> GraphModule:
     """Train/eval switch for an exported graph (`.train()`/`.eval()` do not rewrite its batch norm/dropout).
 
-    Uses torchao's `move_exported_model_to_train` / `move_exported_model_to_eval`; fake-quant observers
-    keep updating in both modes (they are switched off by `convert`).
+    Uses torchao's `move_exported_model_to_train` / `move_exported_model_to_eval` and keeps every dropout's p
+    and batch norm's momentum / eps (torchao's rewrite would set them to 0.5 / 0.1 / 1e-5, see
+    `_restore_mode_literals`). Fake-quant observers keep updating in both modes (`convert` switches them off).
     """
-    return move_exported_model_to_train(prepared) if training else move_exported_model_to_eval(prepared)
+    literals = _mode_literals(prepared)
+    moved = move_exported_model_to_train(prepared) if training else move_exported_model_to_eval(prepared)
+    _restore_mode_literals(moved, literals)
+    return moved
 
 
 def convert(prepared: GraphModule) -> GraphModule:

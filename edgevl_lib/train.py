@@ -559,10 +559,9 @@ def save_graph_weights(model: torch.nn.Module, path: str | os.PathLike) -> Path:
 def load_graph_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load `save_graph_weights`' file into a graph prepared the same way (strict: same graph, same names).
 
-    Known gap: for a conv + batch-norm student (EfficientNet-lite0, the default) a resumed QAT run ends with
-    exactly the weights of an uninterrupted one (tested); for a ViT student the reloaded graph has an equal
-    state dict, yet its fake-quantized outputs differ slightly (some fake-quant state lives outside the state
-    dict), so a resumed ViT run is close to, not bitwise equal to, an uninterrupted one.
+    A resumed QAT run ends with exactly the weights of an uninterrupted one, for conv + batch-norm and for ViT
+    students (tested). (ViT runs used to differ: torchao's train/eval rewrite set every dropout to p = 0.5,
+    which drew random numbers; `quantize.set_training` now keeps p.)
     """
     state = OrderedDict(safetensors.torch.load_file(str(path)))
     # Module versions (e.g. torchao observers' v2 `eps` buffer) live in the state dict's _metadata, which

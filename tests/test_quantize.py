@@ -148,3 +148,35 @@ def test_quant_config_validates():
         QuantConfig(per_channel=False)
     with pytest.raises(ValueError, match="unknown quantizer"):
         QuantConfig(quantizer="xnnpack")
+
+
+def _fake_quant_off(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    for m in prepared.modules():
+        if hasattr(m, "fake_quant_enabled"):
+            m.disable_fake_quant()
+            m.disable_observer()
+    return prepared
+
+
+def test_qat_graph_keeps_batch_norm_eps_and_dropout_p():
+    # torchao's rewrites write their pattern's constants (eps 1e-5, dropout p 0.5) over the model's own;
+    # with fake quantization off the prepared graph must still be the float model.
+    conv = tiny_conv()
+    for m in conv.modules():
+        if isinstance(m, nn.BatchNorm2d):  # TF-ported timm EfficientNets use eps 1e-3
+            m.eps = 1e-3
+            m.running_var.uniform_(0.01, 0.05)  # small variances: eps matters
+    x = torch.rand(4, 3, SIZE, SIZE)
+    prepared = _fake_quant_off(set_training(prepare_qat(conv.eval(), (x[:2],)), False))
+    eps = [n.args[7] for n in prepared.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+    assert eps and set(eps) == {1e-3}
+    with torch.no_grad():
+        assert torch.allclose(prepared(x), conv.eval()(x), atol=1e-5)
+
+    vit = VisionTransformer(img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0,
+                            drop_rate=0.1, proj_drop_rate=0.0, attn_drop_rate=0.0)
+    prepared = prepare_qat(vit, (x[:2],))
+    for training in (True, False, True):
+        set_training(prepared, training)
+        drops = [n.args[1:] for n in prepared.graph.nodes if n.target == torch.ops.aten.dropout.default]
+        assert sorted(p for p, _ in drops) == [0.0, 0.0, 0.0, 0.0, 0.1] and {t for _, t in drops} == {training}
