@@ -561,10 +561,10 @@ EFFICIENTNET_MEAN = (0.5, 0.5, 0.5)
 EFFICIENTNET_STD = (0.5, 0.5, 0.5)
 EMBEDDED_CACHE_VERSION = 3  # 3: backbone batch norms folded into the convolutions (same function, new rounding)
 CALIBRATION_SHARE = 0.1
-# Images per backbone call on CPU. At 128 px the stride-2 "same"-padded activations of larger batches leave the
-# cache (F.pad's fill alone was a quarter of the time): 3.5-3.8 ms per image at 16 vs 6.1-6.3 ms at 64 (2 threads).
-CPU_CHUNK = 16
 """Share of the teacher_pretrain images held out (seeded) to calibrate the logit scale."""
+CPU_CHUNK = 16
+"""Images per backbone call on CPU. At 128 px the stride-2 "same"-padded activations of larger batches leave the
+cache (F.pad's fill alone was a quarter of the time): 3.5-3.8 ms per image at 16 vs 6.1-6.3 ms at 64 (2 threads)."""
 
 
 def efficientnet_lite0_path() -> Path:
@@ -833,9 +833,9 @@ class EmbeddedTeacher:
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features of Bx3xHxW [0, 1] images (before the head); CPU runs go in chunks of
-        `CPU_CHUNK` images."""
-        chunk = CPU_CHUNK if self.device.type == "cpu" else max(1, len(images))
+        """Pooled backbone features of Bx3xHxW [0, 1] images (before the head), in chunks of `CPU_CHUNK` images
+        on CPU and 256 on a GPU."""
+        chunk = CPU_CHUNK if self.device.type == "cpu" else 256
         out = []
         for i in range(0, len(images), chunk):
             x = resize_and_normalize(images[i:i + chunk].to(self.device), self.image_size, self.mean, self.std,
@@ -844,10 +844,9 @@ class EmbeddedTeacher:
         return torch.cat(out)
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Bx3xHxW [0, 1] RGB -> Bx384, f(x) = normalise(h(features(x)))."""
-        out = [self.head(self.features(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-        return F.normalize(torch.cat(out).float(), dim=-1)
+        return F.normalize(self.head(self.features(images)).float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
