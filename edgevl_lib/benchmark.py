@@ -425,3 +425,76 @@ def random_images(n: int, image_size: int, seed: int = 0) -> torch.Tensor:
     """Seeded uniform [0, 1) images N x 3 x S x S (calibration / agreement inputs for random-weight models)."""
     return _images(n, image_size, seed)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 05's report: speed-ups, sizes and checks from the measurements
+# ----------------------------------------------------------------------------------------------
+
+SLOW_ENGINES: tuple[str, ...] = ("student_fp32_torch", "clip_b16_fp32_torch")
+"""fp32 eager torch engines at 224 px: `baseline_runs` timed calls, at most 5 warm-up calls, no throughput run."""
+
+
+def speedups(latency: Mapping[str, Mapping[str, Any]], throughput: Mapping[str, Mapping[str, Any]]
+             ) -> dict[str, Any]:
+    """The headline ratios (`speedup`: median latency of the slow engine / that of the fast one).
+
+    `int8_vs_fp32` compares the fastest int8 engine of the paper-scale student with its FASTEST fp32 engine;
+    the other entries name both sides.
+    """
+    fp32 = fastest(latency, [n for n in ("student_fp32_ort", "student_fp32_torch") if n in latency])
+    int8 = fastest(latency, [n for n in ("student_int8_ort", "student_int8_compiled") if n in latency])
+    return {
+        "int8_vs_clip_b16": speedup(latency, int8, "clip_b16_fp32_torch"),
+        "int8_vs_fp32": speedup(latency, int8, fp32),
+        "int8_vs_fp32_ort": speedup(latency, "student_int8_ort", "student_fp32_ort"),
+        "int8_vs_fp32_torch": speedup(latency, int8, "student_fp32_torch"),
+        "int8_vs_teacher": speedup(latency, int8, "teacher_fp32_torch"),
+        "project_int8_vs_fp32_ort": speedup(latency, "project_int8_ort", "project_fp32_ort"),
+        "throughput_int8_vs_fp32_ort": (throughput["student_int8_ort"]["images_per_s"]
+                                        / throughput["student_fp32_ort"]["images_per_s"]),
+        "int8_engine": int8, "fp32_engine": fp32}
+
+
+def model_sizes(teacher: Any, clip_tower: torch.nn.Module, paper_export: Mapping[str, Any],
+                project_export: Mapping[str, Any], teacher_nominal: str = "ViT-g-14") -> dict[str, Any]:
+    """Sizes in MB: true bytes of the ONNX files written; nominal fp32 (parameters x 4) of CLIP-B and the paper's
+    teacher, never written; the embedded teacher's image encoder as it runs here (parameters and buffers).
+
+    Returns:
+        {"size_mb": {...}, "bytes_per_param": {...}, "nominal": nominal_fp32_bytes(teacher_nominal)}.
+    """
+    from .students import count_params
+
+    nominal = nominal_fp32_bytes(teacher_nominal)
+    size_mb = {
+        "teacher": parameter_bytes(*teacher_modules(teacher)["image"]) / 1e6,
+        "teacher_vit_g14": nominal["image_bytes"] / 1e6,
+        "clip_b16": 4 * count_params(clip_tower) / 1e6,
+        "student_fp32": paper_export["fp32"]["bytes"] / 1e6,
+        "student_int8": paper_export["int8"]["bytes"] / 1e6,
+        "student_int8_trt": paper_export["int8_trt"]["bytes"] / 1e6,
+        "project_fp32": project_export["fp32"]["bytes"] / 1e6,
+        "project_int8": project_export["int8"]["bytes"] / 1e6}
+    per_param = {"student_int8": paper_export["int8"]["bytes_per_param"],
+                 "student_fp32": paper_export["fp32"]["bytes_per_param"],
+                 "project_int8": project_export["int8"]["bytes_per_param"]}
+    return {"size_mb": size_mb, "bytes_per_param": per_param, "nominal": nominal}
+
+
+def edge_checks(speedup: Mapping[str, Any], bytes_per_param: Mapping[str, float],
+                paper_agreement: Mapping[str, Mapping[str, float]]) -> dict[str, bool]:
+    """The efficiency targets of the edge benchmark, each True / False as measured."""
+    return {"int8_vs_clip_b16_ge_8": speedup["int8_vs_clip_b16"] >= 8,
+            "int8_vs_fp32_ge_2_5": speedup["int8_vs_fp32"] >= 2.5,
+            "int8_vs_fp32_torch_ge_2_5": speedup["int8_vs_fp32_torch"] >= 2.5,
+            "int8_bytes_per_param_le_1_1": bytes_per_param["student_int8"] <= 1.1,
+            "int8_vs_fp32_cosine_ge_0_98": paper_agreement["int8_vs_fp32"]["cosine_mean"] >= 0.98}
+
+
+def latency_table(latency: Mapping[str, Mapping[str, Any]], throughput: Mapping[str, Mapping[str, Any]],
+                  batch: int) -> dict[str, dict[str, float]]:
+    """{engine: median / p10 / p90 ms, runs, images per second at `batch`} for display."""
+    return {n: {"median ms": s["median_ms"], "p10 ms": s["p10_ms"], "p90 ms": s["p90_ms"], "runs": s["runs"],
+                f"img/s @ {batch}": throughput.get(n, {}).get("images_per_s", float("nan"))}
+            for n, s in latency.items()}

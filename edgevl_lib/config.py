@@ -10,6 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .keys import DERIVED, VOLATILE
+
+
+def check(ok: bool, name: str, rule: str, value: Any) -> None:
+    """Raise ValueError("<name> <rule> (got <value>)") unless `ok`: the one shape of an impossible-value error,
+    which `recipe` prefixes with the section (e.g. `stage1.epochs must be >= 1 (got 0)`)."""
+    if not ok:
+        raise ValueError(f"{name} {rule} (got {value!r})")
+
 # ----------------------------------------------------------------------------------------------
 # Embedded benchmark (edgevl_lib.render)
 # ----------------------------------------------------------------------------------------------
@@ -29,7 +38,7 @@ class BenchmarkConfig:
     `shape_jitter` (within-class geometry variation).
     """
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=DERIVED)
     image_size: int = 64
     classes: tuple[str, ...] = BENCHMARK_CLASSES
     per_class: dict[str, int] = field(default_factory=lambda: {"teacher_pretrain": 120, "adapt": 160, "eval": 50})
@@ -43,7 +52,7 @@ class BenchmarkConfig:
     thermal_noise: float = 1.0
     rgb_noise: float = 0.01
     depth_range: tuple[float, float] = (0.4, 8.0)
-    workers: int = 2
+    workers: int = field(default=2, metadata=VOLATILE)
 
     def smoke(self) -> "BenchmarkConfig":
         return dataclasses.replace(self, image_size=32, classes=self.classes[:5],
@@ -85,13 +94,13 @@ class TeacherConfig:
     model: str = "ViT-g-14"
     pretrained: str | None = "laion2b_s34b_b88k"
     checkpoint: str | None = None
-    allow_download: bool = False
-    cache_dir: str | None = None
+    allow_download: bool = field(default=False, metadata=VOLATILE)
+    cache_dir: str | None = field(default=None, metadata=VOLATILE)
     members: tuple["TeacherConfig", ...] = ()
     ensemble_mode: str = "concat"
     templates: tuple[str, ...] = CLIP_TEMPLATES
-    device: str | None = None
-    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    device: str | None = field(default=None, metadata=VOLATILE)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig, metadata=DERIVED)
     pretrain_root: str | None = None
     image_size: int = 128
     feature_blocks: tuple[int, ...] = (4, 5, 6)
@@ -101,7 +110,7 @@ class TeacherConfig:
     weight_decay: float = 0.05
     batch_size: int = 128
     hflip: bool = True
-    seed: int = 0
+    seed: int = field(default=0, metadata=DERIVED)
 
     def smoke(self) -> "TeacherConfig":
         return dataclasses.replace(self, benchmark=self.benchmark.smoke(), image_size=64, epochs=2, batch_size=32,
@@ -150,7 +159,17 @@ class CurationConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     view_size: int | None = None
     cache_batch_size: int = 64
-    seed: int = 0
+    seed: int = field(default=0, metadata=DERIVED)
+
+    def __post_init__(self) -> None:
+        check(self.mode in ("threshold", "top_fraction"), "mode", "must be 'threshold' or 'top_fraction'", self.mode)
+        check(0.0 <= self.tau <= 1.0, "tau", "must be in [0, 1]", self.tau)
+        check(0.0 < self.top_fraction <= 1.0, "top_fraction", "must be in (0, 1]", self.top_fraction)
+        check(self.views >= 1, "views", "must be >= 1", self.views)
+        check(self.batch_size >= 1 and self.cache_batch_size >= 1, "batch_size",
+              "and cache_batch_size must be >= 1", (self.batch_size, self.cache_batch_size))
+        check(0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0, "crop_scale", "must satisfy 0 < lo <= hi <= 1",
+              self.crop_scale)
 
     def smoke(self) -> "CurationConfig":
         # top_fraction: a 2-epoch teacher on 30 images is too unsure for any tau, and stage 1 needs kept images
@@ -226,12 +245,12 @@ class Stage1Config:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     amp: bool | None = None
-    num_workers: int = 2
-    seed: int = 0
+    num_workers: int = field(default=2, metadata=VOLATILE)
+    seed: int = field(default=0, metadata=DERIVED)
     teacher_mode: str = "cached"
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = field(default=None, metadata=VOLATILE)
     ddp: bool | None = None
-    device: str | None = None
+    device: str | None = field(default=None, metadata=VOLATILE)
 
     def __post_init__(self) -> None:
         if self.train_modalities not in TRAIN_MODALITIES:
@@ -243,6 +262,12 @@ class Stage1Config:
         if self.train_modalities != "rgb_only" and len(self.modalities) < 2:
             raise ValueError(f"train_modalities={self.train_modalities!r} needs a non-RGB modality in "
                              f"modalities={self.modalities!r}")
+        check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        check(self.lr > 0, "lr", "must be > 0", self.lr)
+        check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]", self.min_lr)
+        check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0", self.warmup_epochs)
+        check(self.image_size >= 16, "image_size", "must be >= 16 pixels", self.image_size)
 
     def smoke(self, arch: str = "conv_tiny_test") -> "Stage1Config":
         """Tiny settings for tests. The notebooks' smoke runs pass arch="vit_tiny_test": converting a QAT
@@ -284,6 +309,8 @@ class QuantConfig:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {QUANTIZERS}")
         if not self.per_channel:
             raise ValueError("X86InductorQuantizer quantizes weights per channel only (per_channel=True)")
+
+        check(self.calibration_batches >= 1, "calibration_batches", "must be >= 1", self.calibration_batches)
 
     def smoke(self) -> "QuantConfig":
         return dataclasses.replace(self, calibration_batches=min(self.calibration_batches, 2))
@@ -335,10 +362,10 @@ class Stage2Config:
     min_lr: float | None = None
     weight_decay: float = 0.0
     quant: QuantConfig = field(default_factory=QuantConfig)
-    num_workers: int = 0
-    seed: int = 0
-    checkpoint_dir: str | None = None
-    device: str | None = None
+    num_workers: int = field(default=0, metadata=VOLATILE)
+    seed: int = field(default=0, metadata=DERIVED)
+    checkpoint_dir: str | None = field(default=None, metadata=VOLATILE)
+    device: str | None = field(default=None, metadata=VOLATILE)
 
     def __post_init__(self) -> None:
         if not self.modalities or self.modalities[0] != "rgb":
@@ -347,6 +374,119 @@ class Stage2Config:
             raise ValueError(f"mine_on={self.mine_on!r} is not one of modalities={self.modalities!r}")
         if self.contrastive_weight < 0 or self.margin <= 0 or self.max_negatives < 1:
             raise ValueError("contrastive_weight must be >= 0, margin > 0 and max_negatives >= 1")
+        check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        check(self.batch_size >= 2, "batch_size", "must be >= 2 (triplets are mined within a batch)", self.batch_size)
+        check(self.lr > 0, "lr", "must be > 0", self.lr)
+        check(self.min_lr is None or 0 <= self.min_lr <= self.lr, "min_lr", "must be None or in [0, lr]", self.min_lr)
 
     def smoke(self) -> "Stage2Config":
         return dataclasses.replace(self, epochs=1, batch_size=8, quant=self.quant.smoke())
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe's other sections: data, analysis (notebook 04), edge benchmark (notebook 05)
+# ----------------------------------------------------------------------------------------------
+
+DATASETS: tuple[str, ...] = ("embedded", "paired_folder", "scannet", "nyuv2", "sunrgbd", "eurosat")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run adapts and evaluates on (`loaders.load_dataset`).
+
+    Attributes:
+        dataset: `embedded` (the procedural benchmark, rendered on first use) or a real-format loader.
+        root: the dataset's folder (or the NYUv2 .mat file); None for `embedded`.
+        eval_root: a second dataset of the same loader family evaluated instead of `root`'s eval split
+            (cross-dataset runs, e.g. ScanNet -> NYUv2); None = `root`'s own eval split.
+        eval_dataset: loader of `eval_root` (None = `dataset`).
+        classes: the evaluated class list (None = all the data's classes); for `embedded` the rendered classes.
+        options: extra keyword arguments of the loader (e.g. a depth scale or a band order).
+        benchmark: the embedded benchmark's configuration (also the embedded teacher's pretraining data).
+    """
+
+    dataset: str = "embedded"
+    root: str | None = None
+    eval_root: str | None = None
+    eval_dataset: str | None = None
+    classes: tuple[str, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    def __post_init__(self) -> None:
+        check(self.dataset in DATASETS, "dataset", f"must be one of {DATASETS}", self.dataset)
+        check(self.eval_dataset is None or self.eval_dataset in DATASETS, "eval_dataset",
+              f"must be None or one of {DATASETS}", self.eval_dataset)
+        check(self.dataset == "embedded" or bool(self.root), "root", f"is needed for dataset {self.dataset!r}",
+              self.root)
+        check(self.classes is None or len(self.classes) >= 2, "classes", "needs at least 2 names (or null)",
+              self.classes)
+
+    def smoke(self) -> "DataConfig":
+        return dataclasses.replace(self, benchmark=self.benchmark.smoke())
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Notebook 04: representation consistency (Li et al.) and the shared UMAP.
+
+    Attributes:
+        k: neighbours of M_neigh.
+        umap_neighbors, umap_min_dist: umap-learn's n_neighbors / min_dist of the shared UMAP fit.
+    """
+
+    k: int = 10
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self.k >= 1, "k", "must be >= 1", self.k)
+        check(self.umap_neighbors >= 2, "umap_neighbors", "must be >= 2", self.umap_neighbors)
+        check(0.0 <= self.umap_min_dist <= 1.0, "umap_min_dist", "must be in [0, 1]", self.umap_min_dist)
+
+    def smoke(self) -> "AnalysisConfig":
+        return dataclasses.replace(self, k=3, umap_neighbors=5)
+
+
+@dataclass(frozen=True)
+class EdgeBenchmarkConfig:
+    """Notebook 05: latency, size and agreement of the int8 student against CLIP-B.
+
+    Attributes:
+        threads: intra-op threads of every engine (torch and ONNX Runtime), fixed and reported.
+        runs: timed batch-1 calls per engine; baseline_runs those of the slow fp32 torch engines.
+        warmup: untimed calls first (slow fp32 torch engines: at most 5).
+        throughput_batch, throughput_runs: the throughput measurement.
+        paper_arch, paper_embed_dim, paper_image_size: the paper-scale student (random weights, PTQ).
+        calibration_batches: PTQ batches (8 random images each) of the paper-scale student.
+        clip_model: EdgeVL's CLIP-B (open_clip architecture, random weights: timing only).
+        teacher_nominal: the paper's teacher, for its nominal fp32 size.
+        compile_int8: also time `quantize.compile_int8` (Inductor + oneDNN int8).
+        gpu_runs: timed calls per GPU engine (only where CUDA is present).
+    """
+
+    threads: int = 1
+    runs: int = 200
+    baseline_runs: int = 200
+    warmup: int = 20
+    throughput_batch: int = 8
+    throughput_runs: int = 6
+    paper_arch: str = "vit_small_patch16_224"
+    paper_embed_dim: int = 512
+    paper_image_size: int = 224
+    calibration_batches: int = 2
+    clip_model: str = "ViT-B-16"
+    teacher_nominal: str = "ViT-g-14"
+    compile_int8: bool = False
+    gpu_runs: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "runs", "baseline_runs", "throughput_batch", "throughput_runs", "paper_embed_dim",
+                     "calibration_batches", "gpu_runs"):
+            check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        check(self.warmup >= 0, "warmup", "must be >= 0", self.warmup)
+
+    def smoke(self) -> "EdgeBenchmarkConfig":
+        return dataclasses.replace(self, paper_arch="vit_tiny_test", paper_embed_dim=16, paper_image_size=32,
+                                   calibration_batches=1, runs=10, baseline_runs=3, warmup=2, throughput_batch=4,
+                                   throughput_runs=2, gpu_runs=10, clip_model="ViT-S-32")

@@ -353,6 +353,17 @@ def _norm_name(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
+def pseudo_label_correct(result: CurationResult, true_labels: Sequence[int | None],
+                         dataset_class_names: Sequence[str], superset_names: Sequence[str]) -> list[bool]:
+    """Per scored image (dataset order): its pseudo-label's superset name equals its true class name (compared
+    lower-case, underscores as spaces); False for unknown labels (None or -1). Ground truth, for reports only."""
+    if len(true_labels) != result.total:
+        raise ValueError(f"{len(true_labels)} true labels for {result.total} scored images")
+    pseudo_names = [_norm_name(superset_names[k]) for k in result.all_pseudo_labels]
+    return [y is not None and y >= 0 and pseudo_names[i] == _norm_name(dataset_class_names[y])
+            for i, y in enumerate(true_labels)]
+
+
 def curation_report(result: CurationResult, true_labels: Sequence[int | None],
                     dataset_class_names: Sequence[str], superset_names: Sequence[str]) -> dict[str, Any]:
     """Evaluate a curation with ground truth (used here only, never for selection).
@@ -374,12 +385,8 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
         {kept, total, kept_fraction, threshold, mode, kept_pseudo_acc, discarded_pseudo_acc,
         all_pseudo_acc, mean_conf_kept, mean_conf_discarded, kept_per_pseudo_class}.
     """
-    if len(true_labels) != result.total:
-        raise ValueError(f"{len(true_labels)} true labels for {result.total} scored images")
-    pseudo_names = [_norm_name(superset_names[k]) for k in result.all_pseudo_labels]
     known = np.array([y is not None and y >= 0 for y in true_labels])
-    correct = np.array([bool(known[i]) and pseudo_names[i] == _norm_name(dataset_class_names[true_labels[i]])
-                        for i in range(result.total)])
+    correct = np.array(pseudo_label_correct(result, true_labels, dataset_class_names, superset_names))
     kept_mask = np.zeros(result.total, dtype=bool)
     kept_mask[result.kept] = True
     conf = np.asarray(result.confidences, dtype=np.float64)
@@ -400,3 +407,31 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
         "mean_conf_discarded": mean_or_none(conf[~kept_mask]),
         "kept_per_pseudo_class": dict(sorted(per_class.items())),
     }
+
+
+def tau_sweep(result: CurationResult, ids: Sequence[str], true_labels: Sequence[int | None],
+              dataset_class_names: Sequence[str], taus: Sequence[float],
+              mode: str = "threshold") -> dict[str, dict[str, Any]]:
+    """The paper's curation ablation on the same scores: `curate_by_confidence` at each tau (threshold mode) or
+    top fraction (`top_fraction` mode), each evaluated with `curation_report`.
+
+    Returns:
+        {f"{tau:.2f}": {kept, kept_fraction, kept_pseudo_acc, discarded_pseudo_acc}}.
+    """
+    sweep = {}
+    for tau in taus:
+        kwargs = {"tau": tau} if mode == "threshold" else {"top_fraction": tau}
+        r = curate_by_confidence(result.confidences, result.all_pseudo_labels, list(ids), result.superset, mode,
+                                 **kwargs)
+        rep = curation_report(r, true_labels, dataset_class_names, result.superset)
+        sweep[f"{tau:.2f}"] = {"kept": r.num_kept, "kept_fraction": r.num_kept / r.total,
+                               "kept_pseudo_acc": rep["kept_pseudo_acc"],
+                               "discarded_pseudo_acc": rep["discarded_pseudo_acc"]}
+    return sweep
+
+
+def extreme_examples(result: CurationResult, n: int = 8) -> dict[str, list[int]]:
+    """Indices (dataset order) of the `n` most confident kept images and the `n` least confident discarded ones."""
+    order = sorted(range(result.total), key=lambda i: -float(result.confidences[i]))
+    kept = set(result.kept)
+    return {"kept": [i for i in order if i in kept][:n], "discarded": [i for i in reversed(order) if i not in kept][:n]}

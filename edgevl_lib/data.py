@@ -46,7 +46,8 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -542,20 +543,45 @@ def write_paired_folder(root: str | os.PathLike, samples: Sequence[Sample] | Any
     return root
 
 
-@dataclass
-class DatasetSpec:
-    """Which dataset a notebook uses: `embedded` (default), `paired_folder`, `scannet`, `nyuv2`, `sunrgbd`, `eurosat`.
+# ----------------------------------------------------------------------------------------------
+# Decoding once: stage 1 and 2 read every image each epoch
+# ----------------------------------------------------------------------------------------------
 
-    Attributes:
-        name: loader name.
-        root: dataset folder or file (ignored for `embedded`).
-        modalities: modalities to load; the first non-RGB one is the stage's paired modality.
-        image_size: encoder input size (H = W).
-        options: loader-specific keyword arguments.
+
+class InMemoryPairedDataset(PairedDataset):
+    """A PairedDataset decoded once into memory (same ids, labels, classes, text names and Samples).
+
+    Args:
+        dataset: the source dataset (e.g. a `data.PairedFolder` of PNG files).
+        modalities: the modalities to keep (default: all of the source's); fewer means less to crop per step.
+
+    >>> fast = InMemoryPairedDataset(slow, ("rgb", "depth"))          # doctest: +SKIP
     """
 
-    name: str = "embedded"
-    root: str | None = None
-    modalities: tuple[str, ...] = ("rgb", "depth", "thermal")
-    image_size: int = 64
-    options: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, dataset: PairedDataset, modalities: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities or dataset.modalities)
+        missing = [m for m in self.modalities if m not in dataset.modalities]
+        if missing:
+            raise DataError(f"dataset {dataset.name} lacks modalities {missing} (it has "
+                                 f"{list(dataset.modalities)})")
+        self.name = dataset.name
+        self.class_names = list(dataset.class_names)
+        self.text_names = dataset.text_names
+        self.ids, self.labels = list(dataset.ids), list(dataset.labels)
+        self.samples = []
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            self.samples.append(Sample({m: sample.images[m] for m in self.modalities}, sample.label, sample.id))
+
+    def load(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+def preload(dataset: PairedDataset, modalities: Sequence[str] | None = None) -> InMemoryPairedDataset:
+    """Decode every sample of `dataset` once (see `InMemoryPairedDataset`); logs the time it took."""
+    start = time.perf_counter()
+    out = InMemoryPairedDataset(dataset, modalities)
+    log.info("preloaded %d samples of %s (%s) in %.1f s", len(out), out.name, list(out.modalities),
+             time.perf_counter() - start)
+    return out

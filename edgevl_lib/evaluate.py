@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -175,6 +175,22 @@ def agreement(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> float:
         raise ValueError(f"student {tuple(student_emb.shape)} and teacher {tuple(teacher_emb.shape)} shapes differ")
     cos = (F.normalize(student_emb.float(), dim=-1) * F.normalize(teacher_emb.float(), dim=-1)).sum(dim=-1)
     return float(cos.mean())
+
+
+def int8_agreement(fp32_emb: Mapping[str, torch.Tensor], int8_emb: Mapping[str, torch.Tensor],
+                   modalities: Sequence[str], zero_shot: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """How far the deployed int8 encoder is from its fp32 self, on the same images.
+
+        cosine    = agreement(cat_m int8_m, cat_m fp32_m)          (all images of all modalities)
+        acc_delta = 1/|M| Σ_m (top1_int8(m) - top1_fp32(m))        (`zero_shot` = {"int8"|"fp32": {m: top-1}})
+
+    Returns:
+        {"cosine", "acc_delta", "per_modality_cosine": {m: agreement}}.
+    """
+    return {"cosine": agreement(torch.cat([int8_emb[m] for m in modalities]),
+                                torch.cat([fp32_emb[m] for m in modalities])),
+            "acc_delta": float(np.mean([zero_shot["int8"][m] - zero_shot["fp32"][m] for m in modalities])),
+            "per_modality_cosine": {m: agreement(int8_emb[m], fp32_emb[m]) for m in modalities}}
 
 
 def evaluate_zero_shot(model: Student | Teacher, dataset: Dataset, text_emb: torch.Tensor,

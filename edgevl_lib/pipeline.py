@@ -22,11 +22,13 @@ from typing import Any, Sequence
 
 import torch
 
+from edgevl_lib import keys
 from edgevl_lib.cache import EmbeddingCache, build_embedding_cache
-from edgevl_lib.config import BenchmarkConfig, CurationConfig, Stage1Config, Stage2Config, TeacherConfig, to_dict
+from edgevl_lib.config import DataConfig
 from edgevl_lib.curation import CurationResult, curate_dataset, load_templates
-from edgevl_lib.data import ModalityEncoding, PairedDataset, default_encoding
+from edgevl_lib.data import ModalityEncoding, PairedDataset, default_encoding, preload
 from edgevl_lib.loaders import load_dataset
+from edgevl_lib.recipe import Recipe
 from edgevl_lib.stage2 import Int8Variants, build_int8_variants
 from edgevl_lib.students import Student
 from edgevl_lib.teachers import Teacher, build_teacher, text_classifier
@@ -60,66 +62,58 @@ class CurationArtifacts:
     from_cache: dict[str, bool]
     seconds: dict[str, float]
 
+    @property
+    def kept_digest(self) -> str:
+        """`keys.digest` of the kept ids: the curated set's identity, recorded by every notebook's metrics."""
+        return keys.digest(list(self.result.ids))
 
-def load_splits(dataset: str, data_root: str | None, bench_cfg: BenchmarkConfig,
-                classes: Sequence[str] | None = None) -> tuple[PairedDataset, PairedDataset]:
-    """(adapt, eval) of a dataset; the embedded benchmark is rendered on first use.
 
-    `classes` overrides the class list: for `embedded` it selects the rendered classes, for real datasets it is
-    the loader's `class_names` (scene types outside it become unlabeled).
+def load_splits(data_cfg: DataConfig) -> tuple[PairedDataset, PairedDataset]:
+    """(adapt, eval) of the recipe's data; the embedded benchmark is rendered on first use.
+
+    `data_cfg.classes` selects the rendered classes (embedded; already in `data_cfg.benchmark` via the Recipe) or
+    is the loader's `class_names` (real data: scene types outside it become unlabeled). With `eval_root`, the whole
+    of that second dataset is the evaluation set (cross-dataset runs).
     """
-    if dataset == "embedded":
-        opts: dict[str, Any] = {"config": dataclasses.replace(bench_cfg, classes=tuple(classes))
-                                if classes else bench_cfg}
+    if data_cfg.dataset == "embedded":
+        opts: dict[str, Any] = {"config": data_cfg.benchmark, **data_cfg.options}
     else:
-        opts = {"class_names": list(classes)} if classes else {}
-    return (load_dataset(dataset, data_root, split="adapt", **opts),
-            load_dataset(dataset, data_root, split="eval", **opts))
+        opts = {**({"class_names": list(data_cfg.classes)} if data_cfg.classes else {}), **data_cfg.options}
+    adapt = load_dataset(data_cfg.dataset, data_cfg.root, split="adapt", **opts)
+    if data_cfg.eval_root:
+        return adapt, load_dataset(data_cfg.eval_dataset or data_cfg.dataset, data_cfg.eval_root, split=None,
+                                   **{k: v for k, v in opts.items() if k != "config"})
+    return adapt, load_dataset(data_cfg.dataset, data_cfg.root, split="eval", **opts)
 
 
-def _curation_key(teacher: Teacher, adapt: PairedDataset, cfg: CurationConfig) -> str:
-    src = {"teacher": teacher.id, "root": str(getattr(adapt, "root", "")), "name": getattr(adapt, "name", ""),
-           "ids": hashlib.sha256("\n".join(adapt.ids).encode()).hexdigest(),
-           "curation": {k: v for k, v in to_dict(cfg).items() if k in ("mode", "tau", "top_fraction", "scale",
-                                                                       "superset", "templates", "descriptions")}}
-    return hashlib.sha256(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def data_fingerprint(adapt: PairedDataset) -> str:
+    """What the recipe cannot know about the adapt data: its name and the digest of its ids and labels."""
+    return keys.digest({"name": getattr(adapt, "name", ""), "ids": list(adapt.ids),
+                        "labels": [None if y is None else int(y) for y in adapt.labels]})
 
 
-def run_curation(dataset: str = "embedded", data_root: str | None = None,
-                 bench_cfg: BenchmarkConfig | None = None, teacher_cfg: TeacherConfig | None = None,
-                 cur_cfg: CurationConfig | None = None,
-                 classes: Sequence[str] | str | None = None) -> CurationArtifacts:
-    """Data -> teacher -> curation -> stored teacher embeddings, each reused when already built.
+def run_curation(recipe: Recipe) -> CurationArtifacts:
+    """Data -> teacher -> curation -> stored teacher embeddings of the recipe, each reused when already built.
 
-    Args:
-        dataset, data_root: which data (see `loaders.load_dataset`); `embedded` renders the benchmark.
-        bench_cfg: the embedded benchmark's configuration (also the teacher's pretraining data).
-        teacher_cfg: which teacher; its `benchmark` is replaced by `bench_cfg`.
-        cur_cfg: curation and view-cache configuration.
-        classes: optional class list (see `load_splits`), or one comma-separated string; for `embedded` the
-            teacher is pretrained on it too.
+    The curation is stored under `<cache>/curation/<recipe.key("curation", data=...)>.json`; the teacher head and
+    the stored embeddings are content-addressed by their own modules (teacher id, views, pixels).
 
     Returns:
         The CurationArtifacts.
     """
-    bench_cfg = bench_cfg or BenchmarkConfig()
-    if isinstance(classes, str):  # papermill -p classes "chair,stool,table"
-        classes = [c.strip() for c in classes.split(",") if c.strip()]
-    if classes and dataset == "embedded":
-        bench_cfg = dataclasses.replace(bench_cfg, classes=tuple(classes))
-    teacher_cfg = dataclasses.replace(teacher_cfg or TeacherConfig(), benchmark=bench_cfg)
-    cur_cfg = cur_cfg or CurationConfig()
     clock = _Clock()
-    adapt, evalset = load_splits(dataset, data_root, bench_cfg, None if dataset == "embedded" else classes)
+    adapt, evalset = load_splits(recipe.data)
     clock.lap("data")
-    teacher = build_teacher(teacher_cfg)
+    teacher = build_teacher(recipe.teacher)
     clock.lap("teacher")
     from_cache = {"teacher": bool(getattr(teacher, "train_info", {}).get("from_cache", False))}
 
-    path = cache_dir() / "curation" / f"{_curation_key(teacher, adapt, cur_cfg)}.json"
+    cur_cfg = recipe.curation
+    path = cache_dir() / "curation" / f"{recipe.key('curation', data=data_fingerprint(adapt))}.json"
     if path.is_file():
         result = CurationResult.load(path)
         from_cache["curation"] = True
+        log.info("curation reused from %s", path)
     else:
         result = curate_dataset(teacher, adapt, cur_cfg)
         result.save(path)
@@ -198,59 +192,75 @@ def teacher_embeddings(teacher: Teacher, dataset: Any, modalities: Sequence[str]
 # ----------------------------------------------------------------------------------------------
 
 
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def stage1_dir(recipe: Recipe, art: CurationArtifacts, variant: str = "dual") -> Path:
+    """`<cache>/stage1/<recipe.key("stage1", embeddings=...)>/<variant>`: one stage-1 student of the recipe.
 
-
-def stage1_checkpoint_dir(cache: EmbeddingCache, cfg: Stage1Config) -> Path:
-    """The shared folder of the stage-1 student of `cfg` distilled from `cache`: cache/stage1/<key>/checkpoints.
-
-    Notebook 02 trains its dual student there and notebooks 03-05 find it there; the key covers the
-    configuration (minus workers / folder) and the cache's key (teacher, views, data).
+    Notebook 02 trains every variant of its ablation (and its OOD student) under the same key; notebooks 03-05
+    find the `dual` student there. `embeddings` is the stored-embedding cache's content key (teacher, views, data).
     """
-    config = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
-              if k not in ("num_workers", "checkpoint_dir")}
-    return cache_dir() / "stage1" / _key({"config": config, "cache": cache.meta.get("key")}) / "checkpoints"
+    return cache_dir() / "stage1" / recipe.key("stage1", embeddings=art.cache.meta.get("key")) / variant
 
 
-def run_stage1(art: CurationArtifacts, cfg: Stage1Config) -> TrainResult:
-    """The stage-1 student of `cfg` on `art`'s curated images: loaded when `stage1_checkpoint_dir` holds a
-    finished run, else trained (or resumed) there with `train.train_stage1`.
-    """
-    folder = stage1_checkpoint_dir(art.cache, cfg)
+def run_stage1(art: CurationArtifacts, recipe: Recipe, force: bool = False) -> TrainResult:
+    """The recipe's dual stage-1 student: loaded when `stage1_dir` holds the finished run, else trained (or
+    resumed after an interruption) there with `train.train_stage1`; `force` retrains it from scratch."""
+    cfg = recipe.stage1
+    folder = stage1_dir(recipe, art, cfg.train_modalities) / "checkpoints"
     state = folder / "state.json"
     finished = state.is_file() and json.loads(state.read_text(encoding="utf-8")).get("epochs_done") == cfg.epochs
-    if finished:
-        log.info("stage-1 student found in %s", folder)
+    if finished and not force:
+        log.info("stage-1 student reused from %s", folder)
         dataset: PairedDataset = art.adapt
     else:
-        log.info("stage-1 student not found in %s: training it (train.train_stage1, %d epochs)", folder, cfg.epochs)
-        from edgevl_lib.stage1 import preload  # decoding once pays off only when training
-
-        dataset = preload(art.adapt, cfg.modalities)
+        log.info("stage-1 student %s in %s (train.train_stage1, %d epochs)",
+                 "retrained (force)" if force else "not found: training it", folder, cfg.epochs)
+        dataset = preload(art.adapt, cfg.modalities)  # decoding once pays off only when training
     return train_stage1(dataclasses.replace(cfg, checkpoint_dir=str(folder)), dataset, art.cache,
-                        out_dir=folder.parent, resume=True)
+                        out_dir=folder.parent, resume=not force)
 
 
-def stage2_dir(student: Student, cache: EmbeddingCache, cfg: Stage2Config) -> Path:
-    """cache/stage2/<key>: the int8 variants of `student` under `cfg` (key: student fingerprint, cache, config)."""
-    config = {k: v for k, v in json.loads(json.dumps(to_dict(cfg), default=str)).items()
-              if k not in ("num_workers", "checkpoint_dir", "device")}
-    return cache_dir() / "stage2" / _key({"student": fingerprint(student), "cache": cache.meta.get("key"),
-                                          "config": config})
+def stage2_dir(recipe: Recipe, art: CurationArtifacts, student: Student) -> Path:
+    """`<cache>/stage2/<recipe.key("stage2", ...)>`: the int8 variants of the recipe's stage-1 student."""
+    return cache_dir() / "stage2" / recipe.key("stage2", embeddings=art.cache.meta.get("key"),
+                                               student=fingerprint(student))
 
 
-def run_stage2(art: CurationArtifacts, student: Student, cfg: Stage2Config) -> Int8Variants:
+def run_stage2(art: CurationArtifacts, student: Student, recipe: Recipe, force: bool = False) -> Int8Variants:
     """PTQ, QAT and stage-2 int8 students of `student` (`stage2.build_int8_variants`), built once in
-    `stage2_dir` and loaded from there afterwards (notebooks 04 and 05 start here)."""
-    folder = stage2_dir(student, art.cache, cfg)
+    `stage2_dir` and loaded from there afterwards (notebooks 04 and 05 start here); `force` rebuilds them."""
+    cfg = recipe.stage2
+    folder = stage2_dir(recipe, art, student)
     pseudo = dict(zip(art.result.ids, art.result.pseudo_labels))
-    if not (folder / "variants.json").is_file():
-        log.info("int8 variants not found in %s: building them (PTQ, QAT and stage 2, %d epochs each)", folder,
-                 cfg.epochs)
-        from edgevl_lib.stage1 import preload
-
+    if force or not (folder / "variants.json").is_file():
+        log.info("int8 variants %s in %s (PTQ, QAT and stage 2, %d epochs each)",
+                 "rebuilt (force)" if force else "not found: building them", folder, cfg.epochs)
         dataset: PairedDataset = preload(art.adapt, cfg.modalities)
     else:
+        log.info("int8 variants reused from %s", folder)
         dataset = art.adapt
-    return build_int8_variants(student, dataset, art.cache, pseudo, cfg, out_dir=folder)
+    return build_int8_variants(student, dataset, art.cache, pseudo, cfg, out_dir=folder, resume=not force)
+
+
+def eval_embeddings(recipe: Recipe, art: CurationArtifacts, variants: Int8Variants, models: dict[str, Any],
+                    evalset: Any, modalities: Sequence[str]) -> dict[str, Any]:
+    """Every model's and the teacher's embeddings of the evaluation images (notebook 04), stored once under
+    `<cache>/analysis` with the key `recipe.key("analysis", ...)` (the int8 variants' folder, the eval ids).
+
+    Returns:
+        {"student": {model: {modality: N x D}}, "teacher": {modality: N x D}, "labels": N}.
+    """
+    from edgevl_lib.analysis import cached_embeddings
+    from edgevl_lib.evaluate import embed_model
+
+    encodings = recipe.stage1.encodings
+    key = recipe.key("analysis", embeddings=art.cache.meta.get("key"), variants=variants.folder.name,
+                     eval=keys.digest(list(evalset.ids)))
+
+    def compute() -> dict[str, Any]:
+        emb, labels = {}, None
+        for name, model in models.items():
+            emb[name], labels = embed_model(model, evalset, modalities, encodings)
+        teacher_emb, _ = teacher_embeddings(art.teacher, evalset, modalities, encodings)
+        return {"student": emb, "teacher": teacher_emb, "labels": labels}
+
+    return cached_embeddings(f"eval-{key}", compute)

@@ -204,3 +204,42 @@ def accuracy_latency_scatter(points: Mapping[str, tuple[float, float]], referenc
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def loss_curves(curves: Mapping[str, Sequence[float]], title: str = "", ylabel: str = "mean training loss",
+                xlabel: str = "epoch") -> Any:
+    """One line per named curve (value per epoch, 1-based x axis).
+
+    >>> fig = loss_curves({"dual": [0.9, 0.5], "rgb_only": [0.6, 0.4]})
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    longest = max((len(v) for v in curves.values()), default=0)
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xticks=range(1, longest + 1))
+    if curves:
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def stage2_history(history: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
+    """Stage-2 training: the distillation loss L_d of every QAT run and the stage-2 triplet loss L_c, per epoch
+    (`history` = {variant: train.train_stage2's per-epoch records})."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    for name, records in history.items():
+        ax[0].plot([h["epoch"] for h in records], [h["parts"]["dual"] for h in records], marker="o", label=name)
+    ax[0].set(xlabel="epoch", ylabel="L_d (mean)", title="distillation loss under fake quantization")
+    records = history.get("stage2_int8", [])
+    ax[1].plot([h["epoch"] for h in records], [h["parts"].get("triplet", 0) for h in records], marker="o",
+               label="stage2_int8")
+    ax[1].set(xlabel="epoch", ylabel="L_c (mean)", title="stage-2 triplet loss")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -36,7 +36,6 @@ torch.Size([1, 32, 32])
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -51,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import utils
+from . import keys, utils
 from .config import BenchmarkConfig, to_dict
 from .data import DEFAULT_RANGES, DEFAULT_SCALES, RGB, PairedDataset, PairedFolder, Sample, write_paired_folder
 
@@ -1121,11 +1120,8 @@ def _sample_from_arrays(item: tuple[dict[str, np.ndarray], int, str]) -> Sample:
 
 
 def config_hash(cfg: BenchmarkConfig) -> str:
-    """Hash of everything that changes the rendered data (not `workers`), plus RENDERER_VERSION."""
-    d = to_dict(cfg)
-    d.pop("workers")
-    d["renderer_version"] = RENDERER_VERSION
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    """`keys.digest` of everything that changes the rendered data (not the VOLATILE `workers`) and RENDERER_VERSION."""
+    return keys.digest({"config": cfg, "renderer_version": RENDERER_VERSION}, length=12)
 
 
 def benchmark_dir(cfg: BenchmarkConfig, root: Path | None = None) -> Path:

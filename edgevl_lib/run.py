@@ -1,8 +1,13 @@
 """Execute the notebooks headless with papermill into reports/<stem>/.
 
-    python -m edgevl_lib.run                # full default configuration (what `make report` runs)
-    python -m edgevl_lib.run --smoke        # tiny configuration, a minute or two
-    python -m edgevl_lib.run --only 01 03   # a subset, still in order
+    python -m edgevl_lib.run                                  # the default recipe (what `make report` runs)
+    python -m edgevl_lib.run --recipe my.yaml --set stage1.epochs=10   # any recipe, with dotted overrides
+    python -m edgevl_lib.run --smoke                          # the recipe's tiny configuration, a minute or two
+    python -m edgevl_lib.run --only 01 03                     # a subset, still in order
+    python -m edgevl_lib.run --list                           # the shipped recipes
+
+Every notebook gets the same `recipe`, `overrides` and `smoke` parameters, so all five run one recipe (their
+metrics.json record the same `recipe.hash`). The recipe is checked before the first notebook starts.
 
 For each notebooks/NN_*.ipynb it writes reports/<stem>/<stem>.ipynb (executed) and <stem>.html
 (nbconvert); the notebook itself writes figures/*.png and metrics.json there. A notebook that is not
@@ -16,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgevl_lib.utils import PROJECT_ROOT, atomic_path, reports_dir
@@ -34,6 +39,7 @@ class NotebookResult:
     status: str
     seconds: float
     message: str = ""
+    reuse: list[str] = field(default_factory=list)
 
 
 def list_notebooks(only: list[str] | None = None) -> list[Path]:
@@ -68,7 +74,23 @@ def execute_notebook(path: Path, out_root: Path, smoke: bool, parameters: dict |
     seconds = time.perf_counter() - start
     if html:
         export_html(out_nb, out_dir / f"{path.stem}.html")
-    return NotebookResult(path.stem, status, seconds, message)
+    return NotebookResult(path.stem, status, seconds, message, reuse_log(out_nb))
+
+
+REUSE_WORDS = ("reused", "not found", "retrained", "rebuilt", "resum")
+
+
+def reuse_log(notebook: Path) -> list[str]:
+    """The log lines of an executed notebook that say what was reused from the cache and what was (re)built."""
+    import nbformat
+
+    lines = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            lines += [ln.strip() for ln in text.splitlines()
+                      if ln.startswith(("INFO edgevl_lib", "WARNING edgevl_lib")) and any(w in ln for w in REUSE_WORDS)]
+    return lines
 
 
 def export_html(notebook: Path, html_path: Path) -> Path:
@@ -83,18 +105,30 @@ def export_html(notebook: Path, html_path: Path) -> Path:
 
 
 def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path | None = None,
-            html: bool = True) -> list[NotebookResult]:
-    """Execute the notebooks in order, printing each one's status and wall time as it finishes (`html`: also
-    export each executed notebook to HTML)."""
+            html: bool = True, recipe: str | None = None, overrides: list[str] | None = None) -> list[NotebookResult]:
+    """Execute the notebooks in order on one recipe, printing each one's status, wall time and what it reused
+    as it finishes (`html`: also export each executed notebook to HTML).
+
+    Raises:
+        RecipeError: the recipe or an override is invalid (checked before any notebook runs).
+    """
+    from edgevl_lib.recipe import DEFAULT_RECIPE, load_recipe
+
+    recipe = str(recipe or DEFAULT_RECIPE)
+    overrides = list(overrides or [])
+    resolved = load_recipe(recipe, overrides, smoke=smoke)
+    print(f"[run] recipe {resolved.name} (hash {resolved.hash}{', smoke' if smoke else ''})", flush=True)
     out_root = Path(out_root) if out_root else reports_dir()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["PAPERMILL_EXECUTION"] = "1"  # throttles progress bars inside the kernels
     results = []
     for book in list_notebooks(only):
         print(f"[run] {book.stem} ...", flush=True)
-        res = execute_notebook(book, out_root, smoke, html=html)
+        res = execute_notebook(book, out_root, smoke, {"recipe": recipe, "overrides": overrides}, html=html)
         results.append(res)
         extra = f"  ({res.message})" if res.message else ""
+        for line in res.reuse:
+            print(f"[run]   {line}", flush=True)
         print(f"[run] {res.stem}: {res.status} in {res.seconds:.1f} s{extra}", flush=True)
     print("\n[run] summary" + (" (smoke)" if smoke else ""))
     for r in results:
@@ -108,9 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny configuration for a quick end-to-end check")
     parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or stems)")
     parser.add_argument("--out", type=Path, default=None, help="reports folder (default: <project>/reports)")
+    parser.add_argument("--recipe", default=None, help="a shipped recipe's name or a YAML path (default: embedded_cpu)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override on top of the recipe, e.g. --set stage1.epochs=10 (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    results = run_all(args.smoke, args.only, args.out)
+    from edgevl_lib.recipe import RecipeError, describe
+
+    if args.list:
+        for row in describe():
+            print(f"{row['name']:<22} {row['title']}")
+        return 0
+    try:
+        results = run_all(args.smoke, args.only, args.out, recipe=args.recipe, overrides=args.overrides)
+    except RecipeError as exc:
+        print(f"[run] {exc}", file=sys.stderr)
+        return 2
     failed = [r.stem for r in results if r.status == "failed"]
     not_built = [r.stem for r in results if r.status == "not built"]
     if not_built:

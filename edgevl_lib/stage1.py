@@ -11,10 +11,10 @@ Every experiment trains with `train.train_stage1` and evaluates with `evaluate`;
 * `time_cached_vs_online`: one stage-1 epoch from the stored teacher embeddings vs the same epoch (same images,
   views, student, batches) with a teacher forward per step (`teacher_mode="online"`).
 
-Helpers: `preload` decodes a dataset once into memory (the embedded benchmark is PNG files, and stage 1 reads
-every image each epoch); `select_cache_rows` views a subset of an embedding cache's rows without a teacher pass.
+Helper: `select_cache_rows` views a subset of an embedding cache's rows without a teacher pass (decoding a dataset
+once into memory is `data.preload`).
 
-    runs = modality_ablation(cfg, preload(art.adapt, cfg.modalities), art.cache, preload(art.evalset),
+    runs = modality_ablation(cfg, data.preload(art.adapt, cfg.modalities), art.cache, data.preload(art.evalset),
                              art.class_text, out_dir=out / "students")
     runs["dual"].zero_shot          # {"rgb": ..., "depth": ..., "thermal": ...}
 """
@@ -41,45 +41,6 @@ from .evaluate import evaluate_ood, evaluate_zero_shot, restrict_curation, split
 from .train import TrainResult, train_stage1
 
 log = logging.getLogger(__name__)
-
-
-class InMemoryPairedDataset(data.PairedDataset):
-    """A PairedDataset decoded once into memory (same ids, labels, classes, text names and Samples).
-
-    Args:
-        dataset: the source dataset (e.g. a `data.PairedFolder` of PNG files).
-        modalities: the modalities to keep (default: all of the source's); fewer means less to crop per step.
-
-    >>> fast = InMemoryPairedDataset(slow, ("rgb", "depth"))          # doctest: +SKIP
-    """
-
-    def __init__(self, dataset: data.PairedDataset, modalities: Sequence[str] | None = None) -> None:
-        super().__init__()
-        self.modalities = tuple(modalities or dataset.modalities)
-        missing = [m for m in self.modalities if m not in dataset.modalities]
-        if missing:
-            raise data.DataError(f"dataset {dataset.name} lacks modalities {missing} (it has "
-                                 f"{list(dataset.modalities)})")
-        self.name = dataset.name
-        self.class_names = list(dataset.class_names)
-        self.text_names = dataset.text_names
-        self.ids, self.labels = list(dataset.ids), list(dataset.labels)
-        self.samples = []
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            self.samples.append(data.Sample({m: sample.images[m] for m in self.modalities}, sample.label, sample.id))
-
-    def load(self, index: int) -> data.Sample:
-        return self.samples[index]
-
-
-def preload(dataset: data.PairedDataset, modalities: Sequence[str] | None = None) -> InMemoryPairedDataset:
-    """Decode every sample of `dataset` once (see `InMemoryPairedDataset`); logs the time it took."""
-    start = time.perf_counter()
-    out = InMemoryPairedDataset(dataset, modalities)
-    log.info("preloaded %d samples of %s (%s) in %.1f s", len(out), out.name, list(out.modalities),
-             time.perf_counter() - start)
-    return out
 
 
 def select_cache_rows(cache: EmbeddingCache, rows: Sequence[int]) -> EmbeddingCache:

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from . import data, quantize, utils
+from . import data, keys, quantize, utils
 from .cache import CachedViewDataset, EmbeddingCache
-from .config import Stage2Config, to_dict
+from .config import Stage2Config
 from .evaluate import evaluate_zero_shot
 from .students import Student, count_params, reparameterized
 from .train import Stage2Result, fingerprint, train_stage2
@@ -207,9 +207,7 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
     """
     out_dir = Path(out_dir)
     inputs = {"stage1_student": fingerprint(student), "cache_key": cache.meta.get("key"),
-              "config": json.loads(json.dumps(to_dict(cfg), default=str))}
-    for volatile in ("num_workers", "checkpoint_dir", "device"):
-        inputs["config"].pop(volatile, None)
+              "config": keys.stable_fields(cfg)}
     summary_path = out_dir / SUMMARY_FILE
     if resume and summary_path.is_file():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -278,28 +276,29 @@ def int8_speedup(student: Student, int8: Int8Student, batch_size: int = 1, runs:
     """Latency of the int8 student vs its float self on this CPU, both through `quantize.compile_int8`.
 
     Both are compiled with Inductor (freezing): the float one runs oneDNN fp32 kernels, the int8 one oneDNN
-    int8 kernels; the same random input, `warmup` calls (the first compiles), then the median of `runs` calls.
+    int8 kernels, on the same random input; `warmup` calls each (the first compiles), then `runs` calls timed in
+    interleaved blocks (`bench.time_interleaved`) so that machine load hits both alike.
+
+        speedup = median(fp32 ms) / median(int8 ms)
 
     Returns:
-        {"fp32_ms", "int8_ms", "speedup" (fp32 / int8), "batch_size", "threads", "runs"}.
+        {"fp32_ms", "int8_ms" (medians), "fp32_p10_ms", "fp32_p90_ms", "int8_p10_ms", "int8_p90_ms", "speedup",
+         "batch_size", "threads", "runs"}.
     """
+    from .bench import latency_stats, time_interleaved
+
     threads = threads or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x = torch.rand(batch_size, 3, int8.image_size, int8.image_size, generator=torch.Generator().manual_seed(0))
-        times = {}
-        for name, model in (("fp32", _cpu_copy(student)), ("int8", int8.graph)):
-            fn = quantize.compile_int8(model)
-            for _ in range(warmup):
-                fn(x)
-            samples = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                fn(x)
-                samples.append(time.perf_counter() - start)
-            times[name] = float(np.median(samples)) * 1e3
+        fns = {name: (lambda fn=quantize.compile_int8(model): fn(x))
+               for name, model in (("fp32", _cpu_copy(student)), ("int8", int8.graph))}
+        stats = {n: latency_stats(t) for n, t in time_interleaved(fns, {n: runs for n in fns},
+                                                                  {n: warmup for n in fns}).items()}
     finally:
         torch.set_num_threads(previous)
-    return {"fp32_ms": times["fp32"], "int8_ms": times["int8"], "speedup": times["fp32"] / times["int8"],
-            "batch_size": batch_size, "threads": threads, "runs": runs}
+    spread = {f"{n}_{q}_ms": stats[n][f"{q}_ms"] for n in stats for q in ("p10", "p90")}
+    return {"fp32_ms": stats["fp32"]["median_ms"], "int8_ms": stats["int8"]["median_ms"], **spread,
+            "speedup": stats["fp32"]["median_ms"] / stats["int8"]["median_ms"], "batch_size": batch_size,
+            "threads": threads, "runs": runs}

@@ -60,7 +60,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import data, utils
+from . import data, keys, utils
 from .cache import CachedViewDataset, EmbeddingCache, apply_view
 from .config import Stage1Config, Stage2Config, to_dict
 from .teachers import Teacher
@@ -72,8 +72,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
-RESUME_IGNORED_FIELDS = ("num_workers", "checkpoint_dir")
-"""Config fields that may change between an interrupted run and its resumption."""
 
 EpochCallback = Callable[[dict[str, Any], Student], None]
 
@@ -281,9 +279,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, param_groups: 
 
 
 def _config_for_resume(cfg: Stage1Config | Stage2Config) -> dict[str, Any]:
-    """The config as JSON would store it, minus the fields that may change on resume."""
-    cfg_dict = json.loads(json.dumps(to_dict(cfg), default=str))
-    return {k: v for k, v in cfg_dict.items() if k not in RESUME_IGNORED_FIELDS}
+    """The config minus the fields that may change on resume (workers, device, folders: `keys.VOLATILE`)."""
+    return keys.stable_fields(cfg)
 
 
 def _target_source(cfg: Stage1Config, cache: EmbeddingCache, teacher: Teacher | None) -> dict[str, Any]:
@@ -373,7 +370,7 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
         out_dir: the stage's output folder; checkpoints go to `cfg.checkpoint_dir` or `<out_dir>/checkpoints`.
         text_emb: C x D teacher text embeddings for the `vl_align` / `affinity` loss terms.
         resume: continue from `state.json` when the checkpoint folder has one (the same run: config except
-            `RESUME_IGNORED_FIELDS`, and the same cache); False deletes its state.json and starts over.
+            its `keys.VOLATILE` fields, and the same cache); False deletes its state.json and starts over.
         callbacks: called as `cb(record, student)` after each epoch's checkpoint, on every rank; `record` is
             the epoch's history entry. An exception stops training (the checkpoint is already written).
 

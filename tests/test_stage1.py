@@ -12,14 +12,8 @@ import torch
 
 from edgevl_lib.config import Stage1Config
 from edgevl_lib.curation import CurationResult
-from edgevl_lib.stage1 import (
-    InMemoryPairedDataset,
-    modality_ablation,
-    ood_experiment,
-    preload,
-    select_cache_rows,
-    time_cached_vs_online,
-)
+from edgevl_lib.data import InMemoryPairedDataset, preload
+from edgevl_lib.stage1 import modality_ablation, ood_experiment, select_cache_rows, time_cached_vs_online
 from edgevl_lib.students import create_student
 from edgevl_lib.train import create_stage1_student, train_stage1
 from helpers_fake import FAKE_CLASSES, FakeTeacher, make_fake_cache, make_paired_folder
