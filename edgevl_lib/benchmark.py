@@ -262,7 +262,7 @@ def nominal_fp32_bytes(model_name: str = "ViT-g-14") -> dict[str, int]:
     Returns:
         {"params", "image_params", "bytes", "image_bytes"} (whole model and image tower).
     """
-    from .teachers import open_clip_parameter_counts  # open_clip is imported in teachers.py only
+    from .teachers import open_clip_parameter_counts  # open_clip is imported in teachers/openclip.py only
 
     params, image = open_clip_parameter_counts(model_name)
     return {"params": int(params), "image_params": int(image), "bytes": 4 * int(params), "image_bytes": 4 * int(image)}

@@ -1,8 +1,9 @@
-"""One dataclass per stage, each with a `.smoke()` variant for tests and quick runs.
+"""One frozen dataclass per stage, each with a `.smoke()` variant for tests and quick runs.
 
-Notebooks take plain papermill parameters, build the stage's config from them, and call
-`cfg.smoke()` when `smoke=True`. Configs are plain data: `dataclasses.asdict(cfg)` is what a
-result records next to its metrics.
+They are the sections of a `recipe.Recipe` (data, teacher, curation, stage1, stage2, analysis, benchmark), which is
+how notebooks get them. Impossible values are refused in `__post_init__` (`check`), so a recipe fails before any
+work. Fields that cannot change a result (workers, devices, folders) carry `metadata=keys.VOLATILE` and enter no
+cache key; fields a Recipe fills in (every section's `seed`, `teacher.benchmark`) carry `keys.DERIVED`.
 """
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ class TeacherConfig:
     the benchmark's `teacher_pretrain` RGB split into the MiniLM text space), `open_clip` (any open_clip model;
     the paper's teacher is ViT-g-14 / laion2b_s34b_b88k) or `ensemble` (concatenation of `members`).
     open_clip weights are never downloaded unless `allow_download=True` or `EDGEVL_ALLOW_DOWNLOAD=1`;
-    `checkpoint` (a local open_clip_pytorch_model.bin / .safetensors) takes precedence over `pretrained`.
+    `checkpoint` (a local open_clip_pytorch_model.bin / .safetensors) takes precedence over `pretrained`;
+    `model_config` is an open_clip architecture JSON file (its stem = `model`) for architectures open_clip does
+    not ship.
 
     Embedded-teacher knobs: `image_size` (teacher input), `feature_blocks` (EfficientNet-lite0 blocks whose pooled
     outputs, concatenated, feed the head: 0-6 = blocks.N, 7 = conv_head; the last one is the cut point),
@@ -94,6 +97,7 @@ class TeacherConfig:
     model: str = "ViT-g-14"
     pretrained: str | None = "laion2b_s34b_b88k"
     checkpoint: str | None = None
+    model_config: str | None = None
     allow_download: bool = field(default=False, metadata=VOLATILE)
     cache_dir: str | None = field(default=None, metadata=VOLATILE)
     members: tuple["TeacherConfig", ...] = ()

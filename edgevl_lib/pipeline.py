@@ -1,13 +1,15 @@
-"""The upstream artifacts each notebook needs, built through one call so every notebook runs on its own.
+"""The upstream artifacts each notebook needs, built from the recipe through one call each, so every notebook runs
+on its own and a rerun of the same recipe retrains nothing.
 
-`run_curation` is what notebook 01 runs and what later notebooks call when they start from nothing: data,
-teacher, curation and stored teacher embeddings. Every piece is cached by content (benchmark by config hash,
-teacher head by data + training config, curation by teacher id + data + curation config, embeddings by
-teacher id + views + data), so a second call costs seconds.
+    art = run_curation(recipe)                 # notebook 01: data, teacher, curation, stored teacher embeddings
+    student = run_stage1(art, recipe).student  # notebook 02's dual student (03-05 start from it)
+    variants = run_stage2(art, student, recipe)  # notebook 03's PTQ / QAT / stage-2 int8 students (04, 05)
 
-`run_stage1` (notebook 02's dual student; 03-05 start from it) and `run_stage2` (notebook 03's int8
-variants; 04 and 05 start from them) do the same for the trained students, under `<cache>/stage1/<key>` and
-`<cache>/stage2/<key>`.
+Folders are named by `recipe.key(stage, ...)` (`keys.stage_key`: the recipe sections the stage depends on, plus the
+content fingerprints the recipe cannot know): `<cache>/curation/<key>.json`, `<cache>/stage1/<key>/<variant>/`,
+`<cache>/stage2/<key>/`, and notebook 04's embeddings under `<cache>/analysis`. The benchmark, the teacher head and the
+stored embeddings are content-addressed by their own modules (render config, teacher data + settings, teacher id +
+views + pixels). Training resumes after an interruption; `force=True` retrains.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -155,7 +156,7 @@ def load_recipe(recipe: str | os.PathLike | Recipe | None = None, overrides: Seq
         overrides: dotted `key=value` settings applied on top (`stage1.epochs=10`, `data.classes=[chair, stool]`;
             values are YAML), as a list or one string separated by `;` or newlines.
         seed: replaces the recipe's seed when given.
-        smoke: return `smoke_version()`.
+        smoke: return `smoke_version()`; `overrides` are applied after it, so they win.
 
     Raises:
         RecipeError: unknown key, wrong type, impossible value or a missing file (the message names them).
@@ -173,12 +174,15 @@ def load_recipe(recipe: str | os.PathLike | Recipe | None = None, overrides: Seq
             raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
         tree.setdefault("name", path.stem)
         base = Recipe()
-    for item in _override_items(overrides):
-        _set_dotted(tree, item, source)
     if seed is not None:
         tree["seed"] = seed
     built = build(Recipe, tree, base, source)
-    return built.smoke_version() if smoke else built
+    if smoke:
+        built = built.smoke_version()
+    changes: dict[str, Any] = {}
+    for item in _override_items(overrides):  # last, so that an override also wins over the smoke settings
+        _set_dotted(changes, item, source)
+    return build(Recipe, changes, built, f"{source} + overrides") if changes else built
 
 
 def _override_items(overrides: Sequence[str] | str | None) -> list[str]:
@@ -298,6 +302,8 @@ def _convert(value: Any, tp: Any, current: Any, source: str, key: str) -> Any:
             raise RecipeError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)
@@ -310,6 +316,9 @@ def _convert(value: Any, tp: Any, current: Any, source: str, key: str) -> Any:
             raise RecipeError(f"{source}: {key} must be null, got {value!r}")
         return None
     raise RecipeError(f"{source}: {key}: unsupported type {tp}")
+
+
+_EXPONENT_FLOAT = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
 
 
 def _runtime(tp: Any) -> type | tuple[type, ...]:

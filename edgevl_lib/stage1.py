@@ -141,7 +141,7 @@ def modality_ablation(cfg: Stage1Config, dataset: data.PairedDataset, cache: Emb
         out_dir: parent folder; variant v trains in `<out_dir>/<v>`.
         variants: which variants to train, in order.
         checkpoint_dirs: variant -> checkpoint folder instead of `<out_dir>/<v>/checkpoints` (notebook 02 puts
-            the dual student in `pipeline.stage1_checkpoint_dir`, where notebooks 03-05 look for it).
+            the students in `pipeline.stage1_dir`, where notebooks 03-05 find the dual one).
 
     Returns:
         {variant: StudentRun}.

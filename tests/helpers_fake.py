@@ -4,7 +4,7 @@
     dataset = make_paired_folder(tmp_path / "data")          # 16 samples, 16x16, rgb + depth, 4 classes
     cache = make_fake_cache(tmp_path / "cache", dataset, teacher)
 
-Nothing here downloads or needs teachers.py.
+Nothing here downloads or needs teachers.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Stored teacher embeddings: views, keys and invalidation, resume, memmap layout, torchrun sharding.
 
 Uses a fake teacher (fixed random conv + linear, L2-normalised) and a tiny procedural dataset whose
-depth map is derived from the same pixel blocks as its RGB image, so nothing depends on teachers.py.
+depth map is derived from the same pixel blocks as its RGB image, so nothing depends on edgevl_lib.teachers.
 """
 from __future__ import annotations
 

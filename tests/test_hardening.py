@@ -490,13 +490,13 @@ def _calls(source: str, name: str) -> list[str]:
 
 def test_library_source_never_unpickles():
     offenders = []
-    for path in sorted(LIBRARY.glob("*.py")):
-        source = path.read_text(encoding="utf-8")
-        offenders += [f"{path.name}: torch.load({args})" for args in _calls(source, "torch.load")
+    for path in sorted(LIBRARY.rglob("*.py")):  # subpackages too (teachers/, analysis/)
+        source, name = path.read_text(encoding="utf-8"), path.relative_to(LIBRARY).as_posix()
+        offenders += [f"{name}: torch.load({args})" for args in _calls(source, "torch.load")
                       if not re.search(r"weights_only\s*=\s*True", args)]
-        offenders += [f"{path.name}: np.load({args})" for args in _calls(source, "np.load")
+        offenders += [f"{name}: np.load({args})" for args in _calls(source, "np.load")
                       if re.search(r"allow_pickle\s*=\s*True", args)]
-        offenders += [f"{path.name}: {m.group(0).strip()}" for m in re.finditer(
+        offenders += [f"{name}: {m.group(0).strip()}" for m in re.finditer(
             r"^\s*(import|from)\s+(pickle|cPickle|_pickle|dill|cloudpickle|joblib|shelve|marshal)\b.*$", source, re.M)]
     assert not offenders, offenders
 

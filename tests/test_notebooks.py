@@ -52,6 +52,23 @@ def test_notebooks_are_committed_without_outputs():
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), f"{path.name}: no parameters cell"
 
 
+def test_papermill_parses_every_parameter_and_only_shared_names_repeat():
+    from papermill.translators import PythonTranslator
+
+    shared = {"recipe", "overrides", "seed", "smoke", "out_dir", "force"}
+    seen: dict[str, list[str]] = {}
+    for path in run.list_notebooks():
+        cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        declared = [ln.split("=")[0].strip() for ln in cell.source.splitlines() if ln.strip() and ln[0] != "#"]
+        parsed = PythonTranslator.inspect(cell)
+        assert [p.name for p in parsed] == declared, path.name  # "Unable to parse" drops a parameter
+        assert all(p.help for p in parsed), path.name
+        assert declared[:5] == ["recipe", "overrides", "seed", "smoke", "out_dir"], path.name
+        for name in set(declared) - shared:
+            seen.setdefault(name, []).append(path.stem)
+    assert {n: s for n, s in seen.items() if len(s) > 1} == {}
+
+
 def test_every_notebook_runs(smoke_reports):
     _, results = smoke_reports
     assert [s for s in results] == [p.stem for p in run.list_notebooks()]
