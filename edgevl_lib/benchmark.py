@@ -498,3 +498,29 @@ def latency_table(latency: Mapping[str, Mapping[str, Any]], throughput: Mapping[
     return {n: {"median ms": s["median_ms"], "p10 ms": s["p10_ms"], "p90 ms": s["p90_ms"], "runs": s["runs"],
                 f"img/s @ {batch}": throughput.get(n, {}).get("images_per_s", float("nan"))}
             for n, s in latency.items()}
+
+
+def edge_candidates(paper_files: Mapping[str, Path], paper_fp32: torch.nn.Module, clip_tower: torch.nn.Module,
+                    clip_size: int, teacher: Any, teacher_input_size: int, project_files: Mapping[str, Path],
+                    project_fp32: torch.nn.Module, cfg: Any, paper_int8: torch.nn.Module | None = None
+                    ) -> list[Candidate]:
+    """Notebook 05's engines: the paper-scale student (int8 / fp32 ONNX Runtime, fp32 eager torch), CLIP-B/16
+    (fp32 eager torch), the teacher's image encoder, and the project's student (int8 / fp32 ONNX Runtime, fp32
+    eager torch); with `cfg.compile_int8` also the paper-scale student through `quantize.compile_int8`.
+
+    Args:
+        cfg: the recipe's `benchmark` section (`config.EdgeBenchmarkConfig`: threads, paper_image_size, ...).
+    """
+    size, threads, project_size = cfg.paper_image_size, cfg.threads, project_fp32.image_size
+    candidates = [
+        onnx_candidate("student_int8_ort", paper_files["int8"], size, threads),
+        onnx_candidate("student_fp32_ort", paper_files["fp32"], size, threads),
+        torch_candidate("student_fp32_torch", paper_fp32, size),
+        torch_candidate("clip_b16_fp32_torch", clip_tower, clip_size),
+        teacher_image_call(teacher, teacher_input_size),
+        onnx_candidate("project_int8_ort", project_files["int8"], project_size, threads),
+        onnx_candidate("project_fp32_ort", project_files["fp32"], project_size, threads),
+        torch_candidate("project_fp32_torch", project_fp32, project_size)]
+    if cfg.compile_int8 and paper_int8 is not None:
+        candidates.append(compiled_int8_candidate("student_int8_compiled", paper_int8, size))
+    return candidates

@@ -277,6 +277,15 @@ def onnx_agreement(reference: torch.nn.Module | str | os.PathLike, candidate: st
             "max_abs_diff": float((ref - out).abs().max())}
 
 
+def pair_agreement(fp32: torch.nn.Module, int8: torch.nn.Module, files: Mapping[str, Path], images: torch.Tensor,
+                   threads: int = 1) -> dict[str, dict[str, float]]:
+    """`onnx_agreement` of an `export_pair`'s files: the int8 ONNX vs the fp32 model and vs the int8 torch graph,
+    and the TensorRT flavour vs the fp32 model."""
+    return {"int8_vs_fp32": onnx_agreement(fp32, files["int8"], images, threads),
+            "int8_onnx_vs_torch_int8": onnx_agreement(int8, files["int8"], images, threads),
+            "int8_trt_vs_fp32": onnx_agreement(fp32, files["int8_trt"], images, threads)}
+
+
 # ----------------------------------------------------------------------------------------------
 # TensorRT flavour: symmetric signed int8 activations
 # ----------------------------------------------------------------------------------------------

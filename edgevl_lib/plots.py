@@ -243,3 +243,24 @@ def stage2_history(history: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
             a.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def edge_latency_figures(latency: Mapping[str, Mapping[str, float]], zero_shot: Mapping[str, Mapping[str, float]],
+                         modalities: Sequence[str], cpu: str, threads: int, int8_engine: str) -> tuple[Any, Any]:
+    """Notebook 05's two figures: batch-1 latency bars (p10-p90 whiskers) of every engine, and the project
+    student's zero-shot top-1 against its latency, with CLIP-B/16 and the paper-scale int8 student as references.
+
+    Args:
+        latency: `benchmark.measure_latency`'s {engine: stats}; zero_shot: {"teacher"|"fp32"|"int8": {m: top-1}}.
+    """
+    medians = {n: s["median_ms"] for n, s in latency.items()}
+    bars = latency_bars(medians, spread={n: (s["p10_ms"], s["p90_ms"]) for n, s in latency.items()},
+                        title=f"batch-1 latency on {cpu}, {threads} thread(s) (bars: p10-p90)")
+    points = {f"{who} ({m})": (medians[engine], zero_shot[who][m])
+              for who, engine in (("teacher", "teacher_fp32_torch"), ("fp32", "project_fp32_ort"),
+                                  ("int8", "project_int8_ort"))
+              for m in modalities}
+    scatter = accuracy_latency_scatter(points, {"clip_b16 (random weights)": medians["clip_b16_fp32_torch"],
+                                                "student_int8 (ViT-S, random weights)": medians[int8_engine]},
+                                       title="zero-shot top-1 vs batch-1 latency (project student, eval split)")
+    return bars, scatter
