@@ -458,10 +458,14 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike, engine_path: str | os.Pa
 
 
 def write_result(result: dict[str, Any], out: str | os.PathLike) -> Path:
-    """Write a result as indented JSON atomically (temporary file in the same folder, then rename)."""
+    """Write a result as indented JSON atomically (temporary file in the same folder, then rename), with the
+    mode a plain `open()` would give it (0644 under umask 022)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    mask = os.umask(0o022)  # mkstemp makes 0600 files; give the mode open() would (0666 minus the umask)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(result, fh, indent=2, sort_keys=True)

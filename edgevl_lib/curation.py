@@ -416,16 +416,25 @@ def tau_sweep(result: CurationResult, ids: Sequence[str], true_labels: Sequence[
     top fraction (`top_fraction` mode), each evaluated with `curation_report`.
 
     Returns:
-        {f"{tau:.2f}": {kept, kept_fraction, kept_pseudo_acc, discarded_pseudo_acc}}.
+        {f"{tau:.2f}": {kept, kept_fraction, kept_pseudo_acc, kept_pseudo_acc_ci (95 % bootstrap over the kept
+        images with a known label), discarded_pseudo_acc}}.
     """
+    from .stats import bootstrap_ci
+
+    correct = np.array(pseudo_label_correct(result, true_labels, dataset_class_names, result.superset))
+    known = np.array([y is not None and y >= 0 for y in true_labels])
     sweep = {}
     for tau in taus:
         kwargs = {"tau": tau} if mode == "threshold" else {"top_fraction": tau}
         r = curate_by_confidence(result.confidences, result.all_pseudo_labels, list(ids), result.superset, mode,
                                  **kwargs)
         rep = curation_report(r, true_labels, dataset_class_names, result.superset)
+        kept = np.zeros(r.total, dtype=bool)
+        kept[r.kept] = True
+        ci = bootstrap_ci(correct[kept & known]) if (kept & known).any() else None
         sweep[f"{tau:.2f}"] = {"kept": r.num_kept, "kept_fraction": r.num_kept / r.total,
                                "kept_pseudo_acc": rep["kept_pseudo_acc"],
+                               "kept_pseudo_acc_ci": [ci["lo"], ci["hi"]] if ci else None,
                                "discarded_pseudo_acc": rep["discarded_pseudo_acc"]}
     return sweep
 

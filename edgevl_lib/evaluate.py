@@ -152,6 +152,19 @@ def zero_shot_accuracy(img_emb: torch.Tensor, labels: torch.Tensor | Sequence[in
     ...     torch.eye(3), classes=[1, 2])
     (0.6666666666666666, 0.5)
     """
+    correct = zero_shot_correct(img_emb, labels, text_emb, classes)
+    return int(correct.sum()) / len(correct)
+
+
+def zero_shot_correct(img_emb: torch.Tensor, labels: torch.Tensor | Sequence[int | None], text_emb: torch.Tensor,
+                      classes: Sequence[int] | None = None) -> np.ndarray:
+    """Per-sample outcome of `zero_shot_accuracy`: 1[argmax_{c ∈ C} cos(v_i, u_c) = y_i] for every i ∈ V (in
+    sample order; samples whose label is not in C are left out), as a bool array: the input of `stats`' paired
+    tests between models evaluated on the same samples.
+
+    >>> zero_shot_correct(torch.eye(3), [0, 1, 1], torch.eye(3)).tolist()
+    [True, True, False]
+    """
     if isinstance(labels, torch.Tensor):
         y = labels.long().cpu()
     else:
@@ -162,7 +175,7 @@ def zero_shot_accuracy(img_emb: torch.Tensor, labels: torch.Tensor | Sequence[in
         raise ValueError(f"no sample has a label among the {len(candidates)} evaluated classes")
     cos = F.normalize(img_emb[valid].float(), dim=-1) @ F.normalize(text_emb[candidates].float(), dim=-1).T
     predicted = candidates[cos.argmax(dim=-1)]
-    return int((predicted == y[valid]).sum()) / int(valid.sum())
+    return (predicted == y[valid]).numpy()
 
 
 def agreement(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> float:
@@ -213,6 +226,16 @@ def evaluate_zero_shot(model: Student | Teacher, dataset: Dataset, text_emb: tor
     Returns:
         {modality: accuracy}.
     """
+    outcomes = zero_shot_outcomes(model, dataset, text_emb, modalities, encodings, image_size, batch_size, classes)
+    return {m: int(o.sum()) / len(o) for m, o in outcomes.items()}
+
+
+def zero_shot_outcomes(model: Student | Teacher, dataset: Dataset, text_emb: torch.Tensor,
+                       modalities: Sequence[str], encodings: dict[str, data.ModalityEncoding] | None = None,
+                       image_size: int | None = None, batch_size: int = 64,
+                       classes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """{modality: `zero_shot_correct` per sample} of a Student or Teacher (arguments as `evaluate_zero_shot`,
+    whose accuracies are the means of these outcomes)."""
     width = int(model.embed_dim)
     if text_emb.shape[-1] != width:
         name = getattr(model, "arch", None) or getattr(model, "id", type(model).__name__)
@@ -220,7 +243,7 @@ def evaluate_zero_shot(model: Student | Teacher, dataset: Dataset, text_emb: tor
                          f"{text_emb.shape[-1]}: they come from another teacher. Use the text embeddings of the "
                          f"teacher the student was distilled from (its checkpoint sidecar's embed_dim).")
     emb, labels = embed_model(model, dataset, modalities, encodings, image_size, batch_size)
-    return {m: zero_shot_accuracy(emb[m], labels, text_emb, classes) for m in modalities}
+    return {m: zero_shot_correct(emb[m], labels, text_emb, classes) for m in modalities}
 
 
 # ----------------------------------------------------------------------------------------------

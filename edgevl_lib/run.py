@@ -130,11 +130,76 @@ def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path |
         for line in res.reuse:
             print(f"[run]   {line}", flush=True)
         print(f"[run] {res.stem}: {res.status} in {res.seconds:.1f} s{extra}", flush=True)
+    index = write_index(out_root, results, resolved)
+    print(f"[run] report index: {index}")
     print("\n[run] summary" + (" (smoke)" if smoke else ""))
     for r in results:
         print(f"  {r.stem:<22} {r.status:<10} {r.seconds:8.1f} s")
     print(f"  {'total':<22} {'':<10} {sum(r.seconds for r in results):8.1f} s")
     return results
+
+
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "01_curation": ("zero_shot", "curation.kept", "curation.total", "curation.kept_pseudo_acc"),
+    "02_stage1": ("zero_shot", "ablation.dual.mean_trained", "ablation.rgb_only.mean_trained",
+                  "ablation.nonrgb_only.mean_trained"),
+    "03_stage2": ("table.stage1_fp32.avg", "table.ptq_int8.avg", "table.qat_int8.avg", "table.stage2_int8.avg"),
+    "04_feature_angles": ("angle_deg.fp32", "angle_deg.stage2", "m_rel", "m_neigh"),
+    "05_jetson_benchmark": ("speedup.int8_vs_clip_b16", "speedup.int8_vs_fp32", "size_mb.student_int8"),
+}
+"""metrics.json entries the report index shows for each notebook (dotted paths; missing ones are skipped)."""
+
+
+def _lookup(metrics: dict, dotted: str):
+    node = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write_index(out_root: Path, results: list[NotebookResult], recipe) -> Path:
+    """`<out_root>/index.html`: every notebook's HTML report, status, wall time, headline metrics and figure
+    thumbnails, and the recipe the run used (links are relative, so the folder can be copied or served)."""
+    import html
+    import json
+
+    rows = []
+    for r in results:
+        folder = out_root / r.stem
+        metrics_path = folder / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        lines = [f"<li><code>{html.escape(k)}</code>: {html.escape(_fmt(v))}</li>"
+                 for k in HEADLINES.get(r.stem, ()) if (v := _lookup(metrics, k)) is not None]
+        thumbs = "".join(f'<a href="{r.stem}/figures/{p.name}"><img src="{r.stem}/figures/{p.name}" '
+                         f'alt="{html.escape(p.stem)}" title="{html.escape(p.stem)}"></a>'
+                         for p in sorted((folder / "figures").glob("*.png")))
+        report = f'<a href="{r.stem}/{r.stem}.html">{r.stem}</a>' if (folder / f"{r.stem}.html").is_file() else r.stem
+        metrics_link = f'<br><a href="{r.stem}/metrics.json">metrics.json</a>' if metrics else ""
+        rows.append(f"<tr><td>{report}{metrics_link}</td>"
+                    f"<td class=\"{r.status.replace(' ', '-')}\">{html.escape(r.status)}</td><td>{r.seconds:.0f} s</td>"
+                    f"<td><ul>{''.join(lines)}</ul>{html.escape(r.message)}</td><td>{thumbs}</td></tr>")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>EdgeVL workbench report: {html.escape(recipe.name)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}td{{vertical-align:top;padding:.4em;border-top:1px solid #ccc}}
+img{{height:90px;margin:2px;border:1px solid #ddd}}.ok{{color:green}}.failed{{color:#b00}}pre{{background:#f6f6f6}}</style>
+</head><body><h1>EdgeVL workbench report</h1>
+<p>recipe <b>{html.escape(recipe.name)}</b>, hash <code>{recipe.hash}</code>{' (smoke)' if recipe.smoke else ''}</p>
+<table><tr><th>notebook</th><th>status</th><th>time</th><th>headline</th><th>figures</th></tr>
+{''.join(rows)}</table>
+<h2>Recipe</h2><pre>{html.escape(recipe.to_yaml())}</pre></body></html>
+"""
+    path = out_root / "index.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

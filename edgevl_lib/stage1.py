@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,7 +37,7 @@ from . import data
 from .cache import EmbeddingCache
 from .config import TRAIN_MODALITIES, Stage1Config
 from .curation import CurationResult, Teacher
-from .evaluate import evaluate_ood, evaluate_zero_shot, restrict_curation, split_classes
+from .evaluate import evaluate_ood, restrict_curation, split_classes, zero_shot_outcomes
 from .train import TrainResult, train_stage1
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,14 @@ class StudentRun:
         zero_shot: {modality: zero-shot top-1 on the evaluation set}.
         train_images: images (cache rows) it was distilled on.
         seconds: wall time of training plus evaluation.
+        outcomes: {modality: per-sample zero-shot correctness} (`evaluate.zero_shot_outcomes`), for `stats`.
     """
 
     train: TrainResult
     zero_shot: dict[str, float]
     train_images: int
     seconds: float
+    outcomes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def losses(self) -> list[float]:
@@ -117,8 +119,9 @@ def train_and_evaluate(cfg: Stage1Config, dataset: data.PairedDataset, cache: Em
     start = time.perf_counter()
     result = train_stage1(cfg, dataset, cache, out_dir=out_dir, resume=resume)
     modalities = list(eval_modalities or evalset.modalities)
-    zero_shot = evaluate_zero_shot(result.student, evalset, text_emb, modalities, cfg.encodings)
-    run = StudentRun(result, zero_shot, len(cache), time.perf_counter() - start)
+    outcomes = zero_shot_outcomes(result.student, evalset, text_emb, modalities, cfg.encodings)
+    zero_shot = {m: int(o.sum()) / len(o) for m, o in outcomes.items()}
+    run = StudentRun(result, zero_shot, len(cache), time.perf_counter() - start, outcomes)
     log.info("student %s (%s, %d images): zero-shot %s in %.1f s", cfg.arch, cfg.train_modalities, len(cache),
              {m: round(a, 3) for m, a in zero_shot.items()}, run.seconds)
     return run
@@ -154,6 +157,13 @@ def modality_ablation(cfg: Stage1Config, dataset: data.PairedDataset, cache: Emb
                                   cache, evalset, text_emb,
                                   out_dir=Path(out_dir) / v, eval_modalities=eval_modalities, resume=resume)
             for v in variants}
+
+
+CLAIMS: dict[str, tuple[str, str, int]] = {
+    "dual_beats_rgb_only": ("dual", "rgb_only", +1),
+    "dual_beats_nonrgb_only": ("dual", "nonrgb_only", +1),
+}
+"""The paper's stage-1 ablation claims on the paper average (RGB + the trained non-RGB modality)."""
 
 
 @dataclass

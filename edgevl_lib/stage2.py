@@ -17,7 +17,7 @@ program (`Int8Student`: torch.export program + JSON sidecar with arch / image si
 call with the same folder loads them instead of training (`pipeline.run_stage2` keys that folder by its inputs).
 
     variants = build_int8_variants(student, dataset, cache, pseudo_labels, cfg, out_dir=folder)
-    table = evaluate_variants({"stage1_fp32": student, **variants.models}, evalset, text_emb, ["rgb", "depth"])
+    table, outcomes = evaluate_variants({"stage1_fp32": student, **variants.models}, evalset, text_emb, ["rgb", "depth"])
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from . import data, keys, quantize, utils
 from .cache import CachedViewDataset, EmbeddingCache
 from .config import Stage2Config
-from .evaluate import evaluate_zero_shot
+from .evaluate import zero_shot_outcomes
 from .students import Student, count_params, reparameterized
 from .train import Stage2Result, fingerprint, train_stage2
 
@@ -253,22 +253,35 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
 # ----------------------------------------------------------------------------------------------
 
 
+CLAIMS: dict[str, tuple[str, str, int]] = {
+    "stage2_int8_beats_fp32": ("stage2_int8", "stage1_fp32", +1),  # "quantization as enhancement"
+    "stage2_beats_plain_qat": ("stage2_int8", "qat_int8", +1),      # the contrastive term helps
+    "qat_beats_ptq": ("qat_int8", "ptq_int8", +1),                  # QAT recovers what PTQ loses
+}
+"""The paper's stage-2 claims on the paper average: {claim: (row a, row b, expected sign of a - b)}."""
+
+
 def evaluate_variants(models: Mapping[str, torch.nn.Module], evalset: data.PairedDataset, text_emb: torch.Tensor,
-                      modalities: Sequence[str], encodings: dict[str, data.ModalityEncoding] | None = None
-                      ) -> dict[str, dict[str, float]]:
-    """Zero-shot top-1 of every model in every modality, plus `avg` (their mean): the ablation table.
+                      modalities: Sequence[str], encodings: dict[str, data.ModalityEncoding] | None = None,
+                      trained: Sequence[str] | None = None
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
+    """Zero-shot top-1 of every model in every modality, `avg` (their mean) and `paper_avg` (the mean over the
+    `trained` modalities, RGB and the distilled non-RGB one, the paper's headline): the ablation table.
 
     Returns:
-        {variant: {modality: accuracy, ..., "avg": mean over `modalities`}}.
+        ({variant: {modality: accuracy, ..., "avg", "paper_avg"}}, {variant: {modality: per-sample outcomes}}).
     """
-    table = {}
+    table, outcomes = {}, {}
+    trained = list(trained or modalities)
     for name, model in models.items():
         start = time.perf_counter()
-        acc = evaluate_zero_shot(model, evalset, text_emb, modalities, encodings)
-        table[name] = {**acc, "avg": float(np.mean([acc[m] for m in modalities]))}
+        outcomes[name] = zero_shot_outcomes(model, evalset, text_emb, modalities, encodings)
+        acc = {m: int(o.sum()) / len(o) for m, o in outcomes[name].items()}
+        table[name] = {**acc, "avg": float(np.mean([acc[m] for m in modalities])),
+                       "paper_avg": float(np.mean([acc[m] for m in trained]))}
         log.info("%s: %s (%.1f s)", name, {k: round(v, 3) for k, v in table[name].items()},
                  time.perf_counter() - start)
-    return table
+    return table, outcomes
 
 
 def int8_speedup(student: Student, int8: Int8Student, batch_size: int = 1, runs: int = 50, warmup: int = 5,

@@ -61,7 +61,9 @@ def get_device(prefer: str | None = None) -> torch.device:
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success rename it over `path` (atomic on POSIX).
 
-    On an exception the temporary file is removed and `path` is left untouched.
+    On an exception the temporary file is removed and `path` is left untouched. The file gets the mode a plain
+    `open()` would give it (0666 minus the umask: 0644 under umask 022), not mkstemp's private 0600, so colleagues
+    and web servers can read reports.
 
     >>> with atomic_path("out.json") as tmp:
     ...     tmp.write_text("{}")
@@ -72,12 +74,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
                                     dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -90,6 +90,15 @@ def test_curation_notebook_writes_its_metrics_and_figures(smoke_reports):
     assert (out / "01_curation" / "01_curation.html").stat().st_size > 10_000
 
 
+def test_stage1_notebook_writes_the_ablation_with_claims(smoke_reports):
+    out, _ = smoke_reports
+    m = _metrics(out, "02_stage1")
+    assert set(m["ablation"]) == {"dual", "rgb_only", "nonrgb_only"}
+    assert set(m["claims"]) == {"dual_beats_rgb_only", "dual_beats_nonrgb_only"}
+    for v, ci in m["ablation_ci"].items():
+        assert ci["lo"] <= m["ablation"][v]["mean_trained"] <= ci["hi"]
+
+
 def test_stage2_notebook_writes_the_ablation_table_and_int8_artifact(smoke_reports):
     out, _ = smoke_reports
     m = _metrics(out, "03_stage2")
@@ -97,6 +106,11 @@ def test_stage2_notebook_writes_the_ablation_table_and_int8_artifact(smoke_repor
     for row in m["table"].values():
         assert {"rgb", "depth", "thermal", "avg"} <= set(row) and 0.0 <= row["avg"] <= 1.0
     assert m["triplets"]["mined"] >= m["triplets"]["anchors"] > 0
+    assert set(m["claims"]) == {"stage2_int8_beats_fp32", "stage2_beats_plain_qat", "qat_beats_ptq"}
+    for claim in m["claims"].values():
+        assert claim["verdict"] in ("holds", "contradicted", "not significant")
+        assert claim["ci"][0] <= claim["diff"] <= claim["ci"][1] and claim["p"] <= claim["p_holm"] <= 1
+    assert len(m["pairs"]) == 6 and set(m["table_ci"]) == set(m["table"])
     assert m["speed"]["fp32_ms"] > 0 and m["speed"]["int8_ms"] > 0
     artifact = out / "03_stage2" / "student_int8.pt2"
     assert artifact.stat().st_size == m["artifact"]["bytes"] and artifact.with_suffix(".json").is_file()
@@ -110,6 +124,8 @@ def test_analysis_notebook_writes_angles_and_consistency(smoke_reports):
         assert set(m["angle_deg"][variant]) == {"rgb", "depth", "thermal"}
         assert all(0.0 <= a <= 180.0 for a in m["angle_deg"][variant].values())
         assert -1.0 <= m["m_rel"][variant] <= 1.0 and 0.0 <= m["m_neigh"][variant] <= 1.0
+    assert set(m["claims"]) == {"stage2_angle_below_fp32", "ptq_opens_the_angle", "stage2_closes_the_ptq_angle"}
+    assert all(c["test"] == "paired bootstrap" for c in m["claims"].values())
     assert {"angles.png", "umap.png", "representation.png"} <= {p.name for p in (out / "04_feature_angles" /
                                                                                "figures").iterdir()}
 

@@ -202,3 +202,15 @@ def test_a_notebook_killed_mid_training_resumes_on_rerun(tmp_path):
     resumed = re.search(r"resuming from \S*/dual/checkpoints/state.json after epoch (\d+)", again.stdout)
     assert resumed and 1 <= int(resumed.group(1)) < 40, again.stdout[-3000:]
     assert json.loads(state.read_text())["epochs_done"] == 40
+
+
+def test_the_runner_writes_an_index_linking_every_report(books):
+    import re
+
+    out = books / "reports"
+    run.main(["--smoke", "--out", str(out)])
+    page = (out / "index.html").read_text()
+    assert "recipe <b>embedded_cpu</b>" in page and "01_ok" in page and "03_broken" in page
+    links = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert links and all((out / link).is_file() for link in links), links
+    assert 'class="failed">failed' in page and 'class="ok">ok' in page

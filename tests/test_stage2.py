@@ -146,7 +146,8 @@ def test_int8_variants_are_built_saved_and_reloaded(setup, vit, tmp_path):
             assert torch.equal(again.models[name](x), variants.models[name](x))
     assert all(size > 0 for size in again.sizes.values())
 
-    table = evaluate_variants({"stage1_fp32": student, **again.models}, dataset, text, ["rgb", "depth"])
+    table, outcomes = evaluate_variants({"stage1_fp32": student, **again.models}, dataset, text, ["rgb", "depth"])
+    assert table["stage1_fp32"]["rgb"] == outcomes["stage1_fp32"]["rgb"].mean()
     for row in table.values():
         assert row["avg"] == pytest.approx((row["rgb"] + row["depth"]) / 2)
         assert 0.0 <= row["avg"] <= 1.0

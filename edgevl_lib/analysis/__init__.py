@@ -19,7 +19,7 @@ from __future__ import annotations
 from .figures import (MODALITY_COLOURS, UNKNOWN_COLOUR, VARIANT_COLOURS, FeatureExplorer, _class_colours, _draw_map,
                       _map_inputs, _variant_colour, angle_distribution_figure, feature_explorer, has_widget_frontend,
                       representation_figure, umap_figure)
-from .metrics import (MODALITIES, VARIANTS, ArrayLike, RepresentationScores, _angle_stats, _knn, _labels, _matrix,
+from .metrics import (ANGLE_CLAIMS, MODALITIES, VARIANTS, ArrayLike, RepresentationScores, _angle_stats, _knn, _labels, _matrix,
                       _paired, _pearson, analysis_metrics, angle_summary, feature_angles, m_neigh, m_neigh_chance,
                       m_rel, representation_scores, variant_angles)
 from .store import (_cache_file, _flatten, _unflatten, analysis_cache_dir, cached_embeddings, load_embeddings,
@@ -28,6 +28,7 @@ from .umap_map import TEXT_SET, _read_umap_cache, _umap_key, exact_cosine_knn, s
 
 __all__ = [
     # metrics
+    "ANGLE_CLAIMS",
     "MODALITIES", "VARIANTS", "ArrayLike", "RepresentationScores", "analysis_metrics", "angle_summary",
     "feature_angles", "m_neigh", "m_neigh_chance", "m_rel", "representation_scores", "variant_angles",
     # store

@@ -332,6 +332,14 @@ def representation_scores(emb: Mapping[str, Mapping[str, ArrayLike]], teacher_em
     return RepresentationScores(rel, neigh, k, n, target, method)
 
 
+ANGLE_CLAIMS: dict[str, tuple[str, str, int]] = {
+    "stage2_angle_below_fp32": ("stage2", "fp32", -1),   # the paper's theta_3 < theta_1
+    "ptq_opens_the_angle": ("ptq", "fp32", +1),
+    "stage2_closes_the_ptq_angle": ("stage2", "ptq", -1),
+}
+"""The paper's angle claims, tested on the per-sample mean angle over the trained modalities (degrees)."""
+
+
 def analysis_metrics(angles: Mapping[str, Mapping[str, ArrayLike]],
                      scores: RepresentationScores | None = None) -> dict[str, Any]:
     """The metrics.json block of notebook 04.
