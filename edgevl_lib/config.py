@@ -344,6 +344,8 @@ class Stage2Config:
         min_lr: end of a per-step cosine decay; None = constant `lr`.
         weight_decay: AdamW decoupled weight decay.
         quant: the quantization settings (`is_qat` is forced for training; `calibration_batches` is the PTQ row).
+        fake_quant: False runs the same loop on the float student, without fake quantization: the ablation's
+            control rows (same extra training, no quantization), not a deployment setting.
         num_workers: DataLoader workers.
         seed: seeds shuffling, views and the QAT run.
         checkpoint_dir: per-epoch checkpoints; None = `<out_dir>/checkpoints`.
@@ -366,6 +368,7 @@ class Stage2Config:
     min_lr: float | None = None
     weight_decay: float = 0.0
     quant: QuantConfig = field(default_factory=QuantConfig)
+    fake_quant: bool = True
     num_workers: int = field(default=0, metadata=VOLATILE)
     seed: int = field(default=0, metadata=DERIVED)
     checkpoint_dir: str | None = field(default=None, metadata=VOLATILE)

@@ -40,7 +40,7 @@ from . import data, keys, quantize, utils
 from .cache import CachedViewDataset, EmbeddingCache
 from .config import Stage2Config
 from .evaluate import zero_shot_outcomes
-from .students import Student, count_params, reparameterized
+from .students import Student, count_params, load_student, reparameterized, save_student
 from .train import Stage2Result, fingerprint, train_stage2
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 VARIANTS: tuple[str, ...] = ("stage1_fp32", "ptq_int8", "qat_int8", "stage2_int8")
 """Rows of the paper's stage-2 ablation, in order."""
 INT8_VARIANTS: tuple[str, ...] = VARIANTS[1:]
+CONTROLS: tuple[str, ...] = ("fp32_ld", "fp32_ld_lc")
+"""Control rows: the stage-1 student trained further with the same loop, data, steps and λ as `qat_int8` /
+`stage2_int8` but without fake quantization, so the table separates quantization from extra training and from
+the contrastive term."""
 SUMMARY_FILE = "variants.json"
 
 
@@ -167,6 +171,7 @@ class Int8Variants:
         seconds: wall time of each variant's build in the call that built it.
         from_cache: True when every model was loaded from `out_dir` instead of built.
         folder: where they live.
+        controls: {"fp32_ld" | "fp32_ld_lc": float Student} (`CONTROLS`), saved as `<name>.safetensors`.
     """
 
     models: dict[str, Int8Student]
@@ -177,6 +182,7 @@ class Int8Variants:
     from_cache: bool
     folder: Path
     info: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, Student] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -187,7 +193,8 @@ class Int8Variants:
 def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: EmbeddingCache,
                         pseudo_labels: Mapping[str, int], cfg: Stage2Config, *, out_dir: str | os.PathLike,
                         resume: bool = True) -> Int8Variants:
-    """PTQ, plain QAT (λ = 0) and stage 2 (λ = `cfg.contrastive_weight`) from one stage-1 student.
+    """PTQ, plain QAT (λ = 0) and stage 2 (λ = `cfg.contrastive_weight`) from one stage-1 student, and the two
+    float control rows (`CONTROLS`: the same training without fake quantization, λ = 0 and λ = cfg's).
 
     QAT and stage 2 train with the same configuration, images, views, order and steps (`train.train_stage2`);
     only λ differs. PTQ calibrates on the first `cfg.quant.calibration_batches` batches of that order.
@@ -214,9 +221,10 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
         if summary.get("inputs") == inputs:
             paths = {v: out_dir / f"{v}.pt2" for v in INT8_VARIANTS}
             models = {v: load_int8_student(p) for v, p in paths.items()}
+            controls = {c: load_student(out_dir / f"{c}.safetensors").eval() for c in CONTROLS}
             log.info("int8 variants loaded from %s", out_dir)
             return Int8Variants(models, paths, summary["history"], summary["triplets"], summary["seconds"], True,
-                                out_dir, summary.get("info", {}))
+                                out_dir, summary.get("info", {}), controls)
         log.warning("%s holds variants of other inputs; rebuilding", out_dir)
     models, seconds, history = {}, {}, {}
 
@@ -236,6 +244,16 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
         models[name] = Int8Student(quantize.convert(runs[name].model.cpu()), student.config).eval()
         history[name] = runs[name].history
         seconds[name] = time.perf_counter() - start
+    controls = {}
+    for name, weight in zip(CONTROLS, (0.0, cfg.contrastive_weight)):
+        start = time.perf_counter()
+        run_cfg = dataclasses.replace(cfg, contrastive_weight=weight, fake_quant=False,
+                                      checkpoint_dir=str(out_dir / name / "checkpoints"))
+        run = train_stage2(run_cfg, student, dataset, cache, pseudo_labels, out_dir=out_dir / name, resume=resume)
+        controls[name] = run.model.cpu().eval()
+        save_student(controls[name], out_dir / f"{name}.safetensors")
+        history[name] = run.history
+        seconds[name] = time.perf_counter() - start
 
     paths = {v: save_int8_student(models[v], out_dir / f"{v}.pt2") for v in INT8_VARIANTS}
     # Return the saved programs, as a later call loads them: the same outputs as the in-memory graphs (tested),
@@ -245,7 +263,7 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
     info = {"params": count_params(student), "calibration_images": sum(len(b) for b in batches)}
     utils.write_json(summary_path, {"inputs": inputs, "history": history, "triplets": triplets, "seconds": seconds,
                                     "info": info})
-    return Int8Variants(models, paths, history, triplets, seconds, False, out_dir, info)
+    return Int8Variants(models, paths, history, triplets, seconds, False, out_dir, info, controls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,6 +275,8 @@ CLAIMS: dict[str, tuple[str, str, int]] = {
     "stage2_int8_beats_fp32": ("stage2_int8", "stage1_fp32", +1),  # "quantization as enhancement"
     "stage2_beats_plain_qat": ("stage2_int8", "qat_int8", +1),      # the contrastive term helps
     "qat_beats_ptq": ("qat_int8", "ptq_int8", +1),                  # QAT recovers what PTQ loses
+    "qat_beats_same_float_training": ("qat_int8", "fp32_ld", +1),   # the gain is quantization, not extra epochs
+    "stage2_beats_same_float_training": ("stage2_int8", "fp32_ld_lc", +1),
 }
 """The paper's stage-2 claims on the paper average: {claim: (row a, row b, expected sign of a - b)}."""
 

@@ -61,7 +61,8 @@ def paired_bootstrap(a: Any, b: Any, n_boot: int = N_BOOT, alpha: float = ALPHA,
     """Difference of two rows on the same samples, with a paired bootstrap CI and two-sided p.
 
         d_i = mean_m(a_im) - mean_m(b_im);  diff = mean_i d_i;  d*_b = mean of d over resampled indices
-        CI = [q_{alpha/2}, q_{1-alpha/2}] of {d*_b};  p = min(1, 2 min(P(d* <= 0), P(d* >= 0)))
+        CI = [q_{alpha/2}, q_{1-alpha/2}] of {d*_b};
+        p = min(1, 2 (1 + min(#{d*_b <= 0}, #{d*_b >= 0})) / (B + 1))   (>= 2 / (B + 1): B = n_boot resamples)
 
     Returns:
         {"diff", "lo", "hi", "p", "n"}.
@@ -75,7 +76,8 @@ def paired_bootstrap(a: Any, b: Any, n_boot: int = N_BOOT, alpha: float = ALPHA,
     if np.all(d == 0):
         p = 1.0
     else:
-        p = float(min(1.0, 2 * min(np.mean(boots <= 0), np.mean(boots >= 0))))
+        tail = min(np.sum(boots <= 0), np.sum(boots >= 0))
+        p = float(min(1.0, 2 * (tail + 1) / (n_boot + 1)))  # add-one: never 0 from a finite bootstrap
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": p, "n": int(len(d))}
 
 

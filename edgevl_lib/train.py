@@ -625,8 +625,11 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         resume: continue from state.json when the checkpoint folder has one of the same run.
         callbacks: called as `cb(record, model)` after each epoch's checkpoint.
 
+    With `cfg.fake_quant=False` the same loop trains a float copy of the student (the ablation's controls).
+
     Returns:
-        Stage2Result (the QAT graph in eval mode; convert it with `quantize.convert`).
+        Stage2Result (the QAT graph in eval mode, convert it with `quantize.convert`; with `fake_quant=False` the
+        float student in eval mode).
     """
     missing = [m for m in cfg.modalities if m not in dataset.modalities]
     if missing:
@@ -646,8 +649,14 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     utils.seed_everything(cfg.seed)
     # a copy (export shares storage with the module it traces), MobileOne-style branches folded
     float_copy = reparameterized(student).eval().to(device)
-    prepared = quantize.prepare_qat(float_copy, float_copy.example_inputs(2),
-                                    dataclasses.replace(cfg.quant, is_qat=True)).to(device)
+    if cfg.fake_quant:
+        prepared = quantize.prepare_qat(float_copy, float_copy.example_inputs(2),
+                                        dataclasses.replace(cfg.quant, is_qat=True)).to(device)
+    else:  # the control rows: the same loop, float student
+        prepared = float_copy
+
+    def set_training(training: bool) -> None:
+        quantize.set_training(prepared, training) if cfg.fake_quant else prepared.train(training)
     views = CachedViewDataset(cache, dataset, image_size, cfg.seed)
     order = torch.Generator()
     loader = DataLoader(views, batch_size=cfg.batch_size, sampler=torch.utils.data.RandomSampler(views, generator=order),
@@ -668,12 +677,13 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     history: list[dict[str, Any]] = state["history"] if state else []
     last_checkpoint = ckpt_dir / state["student"] if state else None
 
-    log.info("stage 2: %s QAT on %s, %d images, %d steps/epoch, epochs %d..%d, λ=%g, lr %.1e", student.arch,
-             device, len(views), steps_per_epoch, start_epoch + 1, cfg.epochs, cfg.contrastive_weight, cfg.lr)
+    log.info("stage 2: %s %s on %s, %d images, %d steps/epoch, epochs %d..%d, λ=%g, lr %.1e", student.arch,
+             "QAT" if cfg.fake_quant else "float (control)", device, len(views), steps_per_epoch, start_epoch + 1,
+             cfg.epochs, cfg.contrastive_weight, cfg.lr)
     for epoch in range(start_epoch, cfg.epochs):
         views.set_epoch(epoch)
         order.manual_seed(cfg.seed * 100_003 + epoch)
-        quantize.set_training(prepared, True)
+        set_training(True)
         start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         images, anchors, mined, lr = 0, 0, 0, scheduler.get_last_lr()[0]
@@ -705,7 +715,7 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr, steps_per_epoch, 1, device)
         record.update(anchors=anchors, mined=mined)
         history.append(record)
-        quantize.set_training(prepared, False)
+        set_training(False)
         best = {"epoch": record["epoch"], "loss": record["loss"]}  # stage 2 keeps the last epoch
         last_checkpoint = _save_checkpoint(ckpt_dir, partial(save_graph_weights, prepared), optimizer, scheduler,
                                            scaler, epoch + 1, step, history, best, extra)
@@ -714,6 +724,6 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
                  record["seconds"])
         for callback in callbacks or ():
             callback(record, prepared)
-    quantize.set_training(prepared, False)
+    set_training(False)
     return Stage2Result(model=prepared, history=history, last_checkpoint=last_checkpoint, checkpoint_dir=ckpt_dir,
                         config=to_dict(cfg))

@@ -102,15 +102,16 @@ def test_stage1_notebook_writes_the_ablation_with_claims(smoke_reports):
 def test_stage2_notebook_writes_the_ablation_table_and_int8_artifact(smoke_reports):
     out, _ = smoke_reports
     m = _metrics(out, "03_stage2")
-    assert set(m["table"]) == {"stage1_fp32", "ptq_int8", "qat_int8", "stage2_int8"}
+    assert set(m["table"]) == {"stage1_fp32", "ptq_int8", "qat_int8", "stage2_int8", "fp32_ld", "fp32_ld_lc"}
     for row in m["table"].values():
         assert {"rgb", "depth", "thermal", "avg"} <= set(row) and 0.0 <= row["avg"] <= 1.0
     assert m["triplets"]["mined"] >= m["triplets"]["anchors"] > 0
-    assert set(m["claims"]) == {"stage2_int8_beats_fp32", "stage2_beats_plain_qat", "qat_beats_ptq"}
+    assert set(m["claims"]) == {"stage2_int8_beats_fp32", "stage2_beats_plain_qat", "qat_beats_ptq",
+                                "qat_beats_same_float_training", "stage2_beats_same_float_training"}
     for claim in m["claims"].values():
         assert claim["verdict"] in ("holds", "contradicted", "not significant")
         assert claim["ci"][0] <= claim["diff"] <= claim["ci"][1] and claim["p"] <= claim["p_holm"] <= 1
-    assert len(m["pairs"]) == 6 and set(m["table_ci"]) == set(m["table"])
+    assert len(m["pairs"]) == 15 and set(m["table_ci"]) == set(m["table"])
     assert m["speed"]["fp32_ms"] > 0 and m["speed"]["int8_ms"] > 0
     artifact = out / "03_stage2" / "student_int8.pt2"
     assert artifact.stat().st_size == m["artifact"]["bytes"] and artifact.with_suffix(".json").is_file()

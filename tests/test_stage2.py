@@ -130,7 +130,9 @@ def test_int8_variants_are_built_saved_and_reloaded(setup, vit, tmp_path):
     cfg = dataclasses.replace(cfg, epochs=1, lr=1e-5)
     variants = build_int8_variants(student, dataset, cache, pseudo, cfg, out_dir=tmp_path)
     assert set(variants.models) == {"ptq_int8", "qat_int8", "stage2_int8"} and not variants.from_cache
-    assert variants.triplets["mined"] > 0 and set(variants.history) == {"qat_int8", "stage2_int8"}
+    assert variants.triplets["mined"] > 0
+    assert set(variants.history) == {"qat_int8", "stage2_int8", "fp32_ld", "fp32_ld_lc"}
+    assert set(variants.controls) == {"fp32_ld", "fp32_ld_lc"}
     x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = student(x)
@@ -144,6 +146,8 @@ def test_int8_variants_are_built_saved_and_reloaded(setup, vit, tmp_path):
     with torch.no_grad():
         for name in variants.models:
             assert torch.equal(again.models[name](x), variants.models[name](x))
+        for name in variants.controls:
+            assert torch.equal(again.controls[name](x), variants.controls[name](x))
     assert all(size > 0 for size in again.sizes.values())
 
     table, outcomes = evaluate_variants({"stage1_fp32": student, **again.models}, dataset, text, ["rgb", "depth"])
@@ -183,3 +187,21 @@ def test_mobileone_style_students_are_folded_before_quantization(setup):
         cos = torch.nn.functional.cosine_similarity(int8(x), student(x)).min().item()
     assert cos >= 0.98
     assert any(hasattr(m, "reparameterize") for m in student.modules())  # the student itself stays unfolded
+
+
+def test_the_control_rows_train_the_float_student_without_fake_quantization(setup, tmp_path):
+    _, dataset, cache, student, pseudo, _, cfg = setup
+    before = fingerprint(student)
+    control = train_stage2(dataclasses.replace(cfg, fake_quant=False), student, dataset, cache, pseudo,
+                           out_dir=tmp_path / "float")
+    qat = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "qat")
+    assert fingerprint(student) == before  # trained a copy
+    assert type(control.model) is type(student) and not control.model.training
+    assert not any("fake_quant" in n or "activation_post_process" in n for n, _ in control.model.named_modules())
+    assert any("activation_post_process" in n or "fake_quant" in n for n, _ in qat.model.named_modules())
+    assert fingerprint(control.model) != before  # it did train
+    # the same loop: same steps and triplets mined on the same batches at the first step's weights
+    assert [h["steps"] for h in control.history] == [h["steps"] for h in qat.history]
+    again = train_stage2(dataclasses.replace(cfg, fake_quant=False), student, dataset, cache, pseudo,
+                         out_dir=tmp_path / "float")  # finished: resumed, not retrained
+    assert fingerprint(again.model) == fingerprint(control.model)
