@@ -38,23 +38,28 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 """Stage -> the recipe sections its results depend on (its own and every upstream one)."""
 
 
+def plain(obj: Any, drop: str) -> Any:
+    """A JSON / YAML-ready copy of a config (dataclass, dict, tuple ...) without the fields whose metadata
+    carries `drop` ("volatile" or "derived"), recursively; tuples become lists, other objects strings."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name), drop) for f in dataclasses.fields(obj) if not f.metadata.get(drop)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v, drop) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, drop) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
 def stable_fields(obj: Any) -> Any:
-    """A JSON-ready copy of a config (dataclass, dict, tuple ...) without its VOLATILE fields, recursively.
+    """`plain(obj)` without its VOLATILE fields: everything that can change a result.
 
     >>> from edgevl_lib.config import Stage1Config
     >>> "num_workers" in stable_fields(Stage1Config()), "epochs" in stable_fields(Stage1Config())
     (False, True)
     """
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: stable_fields(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("volatile")}
-    if isinstance(obj, dict):
-        return {str(k): stable_fields(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [stable_fields(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
+    return plain(obj, "volatile")
 
 
 def digest(obj: Any, length: int = 16) -> str:

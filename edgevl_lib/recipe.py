@@ -108,7 +108,7 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as plain data, without the DERIVED fields (what `to_yaml` writes)."""
-        return _plain(self)
+        return keys.plain(self, "derived")
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The recipe as YAML (all settings); written to `path` atomically when given."""
@@ -324,17 +324,6 @@ _EXPONENT_FLOAT = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
 def _runtime(tp: Any) -> type | tuple[type, ...]:
     origin = typing.get_origin(tp)
     return origin if isinstance(origin, type) else tp if isinstance(tp, type) else object
-
-
-def _plain(obj: Any) -> Any:
-    """Plain YAML/JSON data of a config, without DERIVED fields."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("derived")}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def describe(recipes: Iterable[str] | None = None) -> list[dict[str, str]]:
