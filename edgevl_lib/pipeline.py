@@ -111,7 +111,8 @@ def run_curation(recipe: Recipe) -> CurationArtifacts:
     from_cache = {"teacher": bool(getattr(teacher, "train_info", {}).get("from_cache", False))}
 
     cur_cfg = recipe.curation
-    path = cache_dir() / "curation" / f"{recipe.key('curation', data=data_fingerprint(adapt))}.json"
+    # teacher.id fingerprints the weights (a checkpoint file replaced in place gives a new id)
+    path = cache_dir() / "curation" / f"{recipe.key('curation', data=data_fingerprint(adapt), teacher=teacher.id)}.json"
     if path.is_file():
         result = CurationResult.load(path)
         from_cache["curation"] = True
