@@ -359,6 +359,24 @@ class EmbeddingCache:
     def complete(self) -> bool:
         return bool(np.all(self.done == 1))
 
+    def select(self, ids: Sequence[str]) -> "EmbeddingCache":
+        """The rows of `ids` (in that order) as an in-memory cache of the same teacher and views: a curated subset
+        of a cache built over more images. Its `meta["key"]` is the parent's key plus the digest of `ids`."""
+        from .keys import digest
+
+        position = {sid: i for i, sid in enumerate(self.ids)}
+        missing = [sid for sid in ids if sid not in position]
+        if missing:
+            raise KeyError(f"{self.path}: {len(missing)} ids are not in this cache (e.g. {missing[0]!r})")
+        rows = np.asarray([position[sid] for sid in ids], dtype=np.int64)
+        sub = object.__new__(EmbeddingCache)
+        sub.path = self.path
+        sub.meta = {**self.meta, "ids": list(ids), "num_images": len(ids),
+                    "key": f"{self.meta.get('key')}-{digest(list(ids), length=12)}"}
+        sub.ids = list(ids)
+        sub.embeddings, sub.views, sub.done = (np.asarray(a[rows]) for a in (self.embeddings, self.views, self.done))
+        return sub
+
     def view_params(self, row: int, view: int) -> ViewParams:
         """a_ik of row `row`, view `view`."""
         return ViewParams.from_array(self.views[row, view])

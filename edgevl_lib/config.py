@@ -36,7 +36,9 @@ class BenchmarkConfig:
 
     Difficulty knobs: `random_appearance` (share of samples whose materials ignore the class palette),
     `max_distractors`, `occlusion_prob`, `camera_jitter`, `light_jitter`, `depth_noise`, `thermal_noise`,
-    `shape_jitter` (within-class geometry variation).
+    `shape_jitter` (within-class geometry variation). `uninformative`: the share of the adapt split that is
+    uninformative frames (no object of any class, or one the camera cannot make out; `render.UNINFORMATIVE_KINDS`),
+    added after its labelled samples; eval and teacher_pretrain have none. Curation should discard them.
     """
 
     seed: int = field(default=0, metadata=DERIVED)
@@ -49,11 +51,16 @@ class BenchmarkConfig:
     camera_jitter: float = 1.0
     light_jitter: float = 1.0
     shape_jitter: float = 1.0
+    uninformative: float = 0.2
     depth_noise: float = 1.0
     thermal_noise: float = 1.0
     rgb_noise: float = 0.01
     depth_range: tuple[float, float] = (0.4, 8.0)
     workers: int = field(default=2, metadata=VOLATILE)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.uninformative < 1, "uninformative", "must be in [0, 1) (a share of the adapt split)",
+              self.uninformative)
 
     def smoke(self) -> "BenchmarkConfig":
         return dataclasses.replace(self, image_size=32, classes=self.classes[:5],
@@ -132,10 +139,11 @@ class CurationConfig:
     """Label-free curation (EdgeVL) and the stored teacher embeddings of augmented views (MobileCLIP).
 
     Attributes:
-        mode: `threshold` (paper: keep c_i >= tau) or `top_fraction` (released code: keep the ceil(f N)
-            most confident images).
+        mode: `threshold` (paper: keep c_i >= tau), `top_fraction` (released code: keep the ceil(f N)
+            most confident images) or `class_top_fraction` (ours: the ceil(f N_k) most confident of each
+            pseudo-class k, so no class vanishes).
         tau: confidence threshold for `threshold`.
-        top_fraction: f for `top_fraction`.
+        top_fraction: f for the two fraction modes.
         scale: logit scale s in softmax(s * cos); None = the teacher's own (CLIP's learned 100; the
             embedded teacher's calibrated scale).
         superset: label superset file (a path, or a file name in edgevl_lib/prompts/).
@@ -166,7 +174,8 @@ class CurationConfig:
     seed: int = field(default=0, metadata=DERIVED)
 
     def __post_init__(self) -> None:
-        check(self.mode in ("threshold", "top_fraction"), "mode", "must be 'threshold' or 'top_fraction'", self.mode)
+        check(self.mode in ("threshold", "top_fraction", "class_top_fraction"), "mode",
+              "must be 'threshold', 'top_fraction' or 'class_top_fraction'", self.mode)
         check(0.0 <= self.tau <= 1.0, "tau", "must be in [0, 1]", self.tau)
         check(0.0 < self.top_fraction <= 1.0, "top_fraction", "must be in (0, 1]", self.top_fraction)
         check(self.views >= 1, "views", "must be >= 1", self.views)
@@ -299,6 +308,9 @@ class QuantConfig:
         per_channel: per-output-channel weight scales; the x86 quantizer supports only True.
         reduce_range: 7-bit activations for CPUs without VNNI (avoids int16 overflow in u8*s8 dot products).
         dynamic_batch: export with a symbolic batch dimension so one artifact serves every batch size.
+        weight_bits: b, a research knob: weights are rounded to the signed b-bit grid
+            [-2^(b-1), 2^(b-1) - 1] (stored as int8; b = 8 is the deployable default). b = 4 is the W4A8 setting
+            that gives int8-style damage something to recover (the study's headroom configuration).
     """
 
     quantizer: str = "x86_inductor"
@@ -307,8 +319,10 @@ class QuantConfig:
     per_channel: bool = True
     reduce_range: bool = False
     dynamic_batch: bool = True
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
+        check(2 <= self.weight_bits <= 8, "weight_bits", "must be in [2, 8]", self.weight_bits)
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {self.quantizer!r}; known: {QUANTIZERS}")
         if not self.per_channel:
@@ -324,11 +338,12 @@ class QuantConfig:
 class Stage2Config:
     """EdgeVL stage 2: quantization-aware training of the stage-1 student with a contrastive term.
 
-    L = L_d + λ L_c,   L_d = the stage-1 distillation loss (`distill`, on fake-quantized features),
-                       L_c = Σ_m triplet loss on semi-hard triplets mined on S(x) with teacher pseudo-labels
-                             (edgevl_lib.mining.cross_modal_triplet_loss; margin m, at most J negatives)
+    L = w_d L_d + λ L_c,   L_d = the stage-1 distillation loss (`distill`, on fake-quantized features),
+                           L_c = Σ_m triplet loss on semi-hard triplets mined on S(x) with teacher pseudo-labels
+                                 (edgevl_lib.mining.cross_modal_triplet_loss; margin m, at most J negatives)
 
-    λ = `contrastive_weight`; λ = 0 is plain QAT (the ablation's "QAT int8" row).
+    λ = `contrastive_weight`; λ = 0 is plain QAT (the ablation's "QAT int8" row). The released code's stage 2
+    is `distill_weight=0, mining="bank", negatives="random"` (triplets only, mined over the training set).
 
     Attributes:
         modalities: the paired modalities trained on, RGB first (as in stage 1).
@@ -338,6 +353,19 @@ class Stage2Config:
         margin: m of the semi-hard band and the triplet loss (paper: 0.3).
         max_negatives: J, semi-hard negatives per anchor (paper: 3).
         mine_on: the modality whose (detached) features define the triplets, applied to every modality.
+        mining: "batch" (mine within each batch) or "bank" (the released code: anchors of the batch against a
+            bank of every training image's features, one bank per modality, refreshed at the start of each
+            epoch from the stored first view in eval mode and updated with the batch's features every step;
+            positives and negatives are bank rows, without gradient; `mining.bank_semi_hard_triplets`).
+        negatives: "nearest" (the J nearest semi-hard negatives) or "random" (the released code: J drawn at
+            random from the semi-hard band, seeded by `seed` and the epoch).
+        distill_weight: w_d; 0 trains with the triplet loss only (the released code's stage 2; the plain-QAT
+            and fp32_ld rows of `stage2.build_int8_variants` keep w_d = 1 then).
+        grad_ratio_batches: per epoch, the first batches on which ||∇_θ L_c|| / ||∇_θ L_d|| is measured (when
+            both terms are on; history `grad_ratio`); 0 measures nothing.
+        holdout_fraction: share of the curated images held out of training (a seeded random slice); the epoch
+            with the highest held-out agreement (mean cosine of student and stored teacher embeddings) is kept.
+            0 keeps the last epoch.
         epochs: passes over the curated images (one stored view per image per epoch).
         batch_size: images per step (triplets are mined within the batch: it needs several images per class).
         lr: AdamW learning rate (paper: 1e-6).
@@ -362,6 +390,11 @@ class Stage2Config:
     margin: float = 0.3
     max_negatives: int = 3
     mine_on: str = "rgb"
+    mining: str = "batch"
+    negatives: str = "nearest"
+    distill_weight: float = 1.0
+    grad_ratio_batches: int = 2
+    holdout_fraction: float = 0.0
     epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-6
@@ -381,6 +414,13 @@ class Stage2Config:
             raise ValueError(f"mine_on={self.mine_on!r} is not one of modalities={self.modalities!r}")
         if self.contrastive_weight < 0 or self.margin <= 0 or self.max_negatives < 1:
             raise ValueError("contrastive_weight must be >= 0, margin > 0 and max_negatives >= 1")
+        check(self.mining in ("batch", "bank"), "mining", "must be 'batch' or 'bank'", self.mining)
+        check(self.negatives in ("nearest", "random"), "negatives", "must be 'nearest' or 'random'", self.negatives)
+        check(self.distill_weight >= 0, "distill_weight", "must be >= 0", self.distill_weight)
+        check(self.distill_weight > 0 or self.contrastive_weight > 0, "distill_weight",
+              "and contrastive_weight cannot both be 0 (no loss)", self.distill_weight)
+        check(self.grad_ratio_batches >= 0, "grad_ratio_batches", "must be >= 0", self.grad_ratio_batches)
+        check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)", self.holdout_fraction)
         check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
         check(self.batch_size >= 2, "batch_size", "must be >= 2 (triplets are mined within a batch)", self.batch_size)
         check(self.lr > 0, "lr", "must be > 0", self.lr)

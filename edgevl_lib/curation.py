@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 """Folder of the shipped prompt files (templates, label supersets, descriptions)."""
 
-MODES = ("threshold", "top_fraction")
+MODES = ("threshold", "top_fraction", "class_top_fraction")
 DESCRIPTION_TEMPLATE = "a photo of a {name}. {description}"
 
 
@@ -193,10 +193,10 @@ class CurationResult:
         confidences: c_i of ALL N scored images (dataset order).
         all_pseudo_labels: superset indices of ALL N images' pseudo-labels (dataset order).
         superset: the label superset the pseudo-labels index.
-        mode: `threshold` or `top_fraction`.
-        threshold: tau in `threshold` mode; in `top_fraction` mode the lowest kept confidence (the
+        mode: one of MODES (`threshold`, `top_fraction`, `class_top_fraction`).
+        threshold: tau in `threshold` mode; in the fraction modes the lowest kept confidence (the
             effective threshold), or 1.0 when nothing is kept.
-        top_fraction: f in `top_fraction` mode, else None.
+        top_fraction: f in the fraction modes, else None.
         num_kept: len(kept).
         total: N, the number of scored images.
     """
@@ -252,15 +252,18 @@ def curate_by_confidence(conf: torch.Tensor | np.ndarray | Sequence[float],
     * `threshold`: kept = {i : c_i >= tau} (EdgeVL paper, tau = 0.25).
     * `top_fraction`: kept = the ceil(f * N) largest c_i, ties broken by the lower index (released code).
       f * N is rounded to 9 decimals before the ceiling so 0.3 * 10 keeps 3, not 4.
+    * `class_top_fraction`: the same within each pseudo-class: with S_k = {i : p_i = k},
+      kept = U_k (the ceil(f |S_k|) largest c_i of S_k), so no pseudo-class that occurs vanishes (ours; neither
+      the paper nor its code has it). `threshold` is then the lowest kept confidence.
 
     Args:
         conf: N confidences c_i (from `confidence`).
         pseudo: N superset indices (from `confidence`).
         ids: N sample ids, dataset order.
         superset: the label superset `pseudo` indexes.
-        mode: `threshold` or `top_fraction`.
+        mode: one of MODES.
         tau: threshold in [0, 1] for `threshold`.
-        top_fraction: f in (0, 1] for `top_fraction`.
+        top_fraction: f in (0, 1] for `top_fraction` and `class_top_fraction`.
 
     Returns:
         CurationResult with kept indices ascending.
@@ -285,6 +288,17 @@ def curate_by_confidence(conf: torch.Tensor | np.ndarray | Sequence[float],
         n_keep = math.ceil(round(top_fraction * len(c), 9))
         order = np.lexsort((np.arange(len(c)), -c))  # by -c, then by index
         kept = np.sort(order[:n_keep])
+        threshold = float(c[kept].min()) if len(kept) else 1.0
+        fraction = float(top_fraction)
+    elif mode == "class_top_fraction":
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        chosen = []
+        for k in np.unique(p):
+            members = np.flatnonzero(p == k)
+            order = members[np.lexsort((members, -c[members]))]  # by -c, then by index
+            chosen.append(order[:math.ceil(round(top_fraction * len(members), 9))])
+        kept = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
         threshold = float(c[kept].min()) if len(kept) else 1.0
         fraction = float(top_fraction)
     else:
@@ -346,7 +360,32 @@ def curate_dataset(teacher: Teacher, dataset: data.PairedDataset, cfg: "Curation
     result = curate_by_confidence(conf, pseudo, list(dataset.ids), superset, cfg.mode, cfg.tau, cfg.top_fraction)
     log.info("curation (%s, threshold %.3f): kept %d / %d images", result.mode, result.threshold,
              result.num_kept, result.total)
+    for line in curation_warnings(result, dataset.class_names):
+        log.warning(line)
     return result
+
+
+def curation_warnings(result: CurationResult, class_names: Sequence[str]) -> list[str]:
+    """Label-free signs that a curation looks wrong: keeping < 20 % or > 95 % of the images, or a dataset class
+    that no kept image has as its pseudo-label."""
+    out = []
+    if result.total and result.kept_fraction < 0.2:
+        out.append(f"curation keeps only {result.num_kept} / {result.total} images ({result.kept_fraction:.0%}): "
+                   f"stage 1 may lack data; lower curation.tau or raise curation.top_fraction")
+    if result.total and result.kept_fraction > 0.95:
+        out.append(f"curation keeps {result.num_kept} / {result.total} images ({result.kept_fraction:.0%}): it "
+                   f"removes almost nothing; raise curation.tau or use curation.mode top_fraction")
+    kept = {_norm_name(n) for n in result.pseudo_names}
+    missing = [c for c in class_names if _norm_name(c) not in kept]
+    if missing and result.num_kept:
+        out.append(f"no kept image has the pseudo-label of {len(missing)} class(es) {missing[:8]}: try "
+                   f"curation.mode class_top_fraction (keeps the top share of every pseudo-class)")
+    return out
+
+
+def known_uninformative(dataset: Any) -> list[str]:
+    """Ids the dataset marks as uninformative (the embedded benchmark's adapt meta.json); [] for other data."""
+    return list((getattr(dataset, "meta", None) or {}).get("uninformative", {}))
 
 
 def _norm_name(name: str) -> str:
@@ -365,7 +404,8 @@ def pseudo_label_correct(result: CurationResult, true_labels: Sequence[int | Non
 
 
 def curation_report(result: CurationResult, true_labels: Sequence[int | None],
-                    dataset_class_names: Sequence[str], superset_names: Sequence[str]) -> dict[str, Any]:
+                    dataset_class_names: Sequence[str], superset_names: Sequence[str],
+                    uninformative: Collection[str] = ()) -> dict[str, Any]:
     """Evaluate a curation with ground truth (used here only, never for selection).
 
     A pseudo-label is correct when its superset NAME equals the true class NAME (compared lower-case,
@@ -374,16 +414,22 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
 
         kept_pseudo_acc      = mean_{i kept, y_i known} [name(pseudo_i) == name(y_i)]
         discarded_pseudo_acc = the same over the discarded images (None when there are none)
+        classes_kept         = |{y_i : i kept, y_i known}|, of classes_total = the dataset's classes
+        pseudo_classes_kept  = |{name(pseudo_i) : i kept} & dataset classes| (label-free coverage)
+        uninformative        = {total: |U|, discarded: |U - kept|} for the ids U of frames known to be
+                               uninformative (the embedded benchmark lists them; otherwise empty)
 
     Args:
         result: the curation to evaluate.
         true_labels: N ground-truth indices into `dataset_class_names`, dataset order (None / -1 unknown).
         dataset_class_names: the dataset's class names.
         superset_names: the superset the pseudo-labels index (normally `result.superset`).
+        uninformative: ids of the scored images known to be uninformative (e.g. PairedFolder.meta's).
 
     Returns:
         {kept, total, kept_fraction, threshold, mode, kept_pseudo_acc, discarded_pseudo_acc,
-        all_pseudo_acc, mean_conf_kept, mean_conf_discarded, kept_per_pseudo_class}.
+        all_pseudo_acc, mean_conf_kept, mean_conf_discarded, classes_kept, classes_total, pseudo_classes_kept,
+        uninformative, kept_per_pseudo_class}.
     """
     known = np.array([y is not None and y >= 0 for y in true_labels])
     correct = np.array(pseudo_label_correct(result, true_labels, dataset_class_names, superset_names))
@@ -397,6 +443,8 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
     per_class: dict[str, int] = {}
     for name in result.pseudo_names:
         per_class[name] = per_class.get(name, 0) + 1
+    dataset_names = {_norm_name(n) for n in dataset_class_names}
+    unin = set(uninformative)
     return {
         "kept": result.num_kept, "total": result.total, "kept_fraction": result.kept_fraction,
         "threshold": result.threshold, "mode": result.mode,
@@ -405,19 +453,24 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
         "all_pseudo_acc": mean_or_none(correct[known]),
         "mean_conf_kept": mean_or_none(conf[kept_mask]),
         "mean_conf_discarded": mean_or_none(conf[~kept_mask]),
+        "classes_kept": len({true_labels[i] for i in result.kept if known[i]}),
+        "classes_total": len(dataset_class_names),
+        "pseudo_classes_kept": len({_norm_name(n) for n in result.pseudo_names} & dataset_names),
+        "uninformative": {"total": len(unin), "discarded": len(unin - set(result.ids))},
         "kept_per_pseudo_class": dict(sorted(per_class.items())),
     }
 
 
 def tau_sweep(result: CurationResult, ids: Sequence[str], true_labels: Sequence[int | None],
               dataset_class_names: Sequence[str], taus: Sequence[float],
-              mode: str = "threshold") -> dict[str, dict[str, Any]]:
+              mode: str = "threshold", uninformative: Collection[str] = ()) -> dict[str, dict[str, Any]]:
     """The paper's curation ablation on the same scores: `curate_by_confidence` at each tau (threshold mode) or
-    top fraction (`top_fraction` mode), each evaluated with `curation_report`.
+    fraction (`top_fraction`, `class_top_fraction`), each evaluated with `curation_report`.
 
     Returns:
         {f"{tau:.2f}": {kept, kept_fraction, kept_pseudo_acc, kept_pseudo_acc_ci (95 % bootstrap over the kept
-        images with a known label), discarded_pseudo_acc}}.
+        images with a known label), discarded_pseudo_acc, classes_kept, uninformative_discarded (share of the
+        uninformative frames discarded, None without any)}}.
     """
     from .stats import bootstrap_ci
 
@@ -428,14 +481,18 @@ def tau_sweep(result: CurationResult, ids: Sequence[str], true_labels: Sequence[
         kwargs = {"tau": tau} if mode == "threshold" else {"top_fraction": tau}
         r = curate_by_confidence(result.confidences, result.all_pseudo_labels, list(ids), result.superset, mode,
                                  **kwargs)
-        rep = curation_report(r, true_labels, dataset_class_names, result.superset)
+        rep = curation_report(r, true_labels, dataset_class_names, result.superset, uninformative)
         kept = np.zeros(r.total, dtype=bool)
         kept[r.kept] = True
         ci = bootstrap_ci(correct[kept & known]) if (kept & known).any() else None
         sweep[f"{tau:.2f}"] = {"kept": r.num_kept, "kept_fraction": r.num_kept / r.total,
                                "kept_pseudo_acc": rep["kept_pseudo_acc"],
                                "kept_pseudo_acc_ci": [ci["lo"], ci["hi"]] if ci else None,
-                               "discarded_pseudo_acc": rep["discarded_pseudo_acc"]}
+                               "discarded_pseudo_acc": rep["discarded_pseudo_acc"],
+                               "classes_kept": rep["classes_kept"],
+                               "uninformative_discarded": (rep["uninformative"]["discarded"]
+                                                           / rep["uninformative"]["total"]
+                                                           if rep["uninformative"]["total"] else None)}
     return sweep
 
 

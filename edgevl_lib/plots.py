@@ -264,3 +264,79 @@ def edge_latency_figures(latency: Mapping[str, Mapping[str, float]], zero_shot: 
                                                 "student_int8 (ViT-S, random weights)": medians[int8_engine]},
                                        title="zero-shot top-1 vs batch-1 latency (project student, eval split)")
     return bars, scatter
+
+
+def seed_rows(rows: Mapping[str, Mapping[str, Mapping[str, Any]]], ylabel: str = "paper average top-1 (eval)") -> Any:
+    """The seed study's rows: one panel per configuration, each row's per-seed values (dots) and mean +- sd (bar).
+
+    Args:
+        rows: {configuration: {row: {"mean", "sd", "values"}}} (`study.rows_over_seeds`).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False, sharey=True)
+    for ax, (name, per_row) in zip(axes[0], rows.items()):
+        names = list(per_row)
+        for i, r in enumerate(names):
+            v = per_row[r]
+            ax.errorbar(i, v["mean"], yerr=0 if np.isnan(v["sd"]) else v["sd"], fmt="s", color="C0", capsize=4)
+            ax.scatter(np.full(len(v["values"]), i) + np.linspace(-0.12, 0.12, len(v["values"])), v["values"],
+                       s=14, color="C1", zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def seed_claims(claims: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Any:
+    """Each claim's a - b in points per configuration: the pooled paired-bootstrap CI (bar) and per-seed diffs
+    (dots), coloured by verdict; zero marked."""
+    import matplotlib.pyplot as plt
+
+    colors = {"holds": "C2", "contradicted": "C3", "not significant": "0.5"}
+    names = list(next(iter(claims.values())))
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) * len(claims) + 1.2))
+    y = 0
+    ticks, labels = [], []
+    for k, (config, block) in enumerate(claims.items()):
+        for claim in names:
+            c = block[claim]
+            ax.errorbar(100 * c["diff"], y, xerr=[[100 * (c["diff"] - c["ci"][0])], [100 * (c["ci"][1] - c["diff"])]],
+                        fmt="o", color=colors[c["verdict"]], capsize=3)
+            ax.scatter([100 * d for d in c["per_seed_diff"]], [y] * len(c["per_seed_diff"]), marker="|", s=80,
+                       color="k", zorder=3)
+            ticks.append(y)
+            labels.append(f"{config}: {claim} ({c['verdict']})")
+            y -= 1
+        y -= 0.6
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_xlabel("a - b, points of paper average (bar: 95 % CI over samples; ticks: seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str) -> Any:
+    """The curation study: held-out teacher agreement (left, what chooses) and eval paper average (right, reported
+    only) per setting, with 95 % CIs; the chosen setting in bold."""
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.4 * len(names) + 1.6), sharey=True)
+    for ax, key, title in ((axes[0], "holdout_agreement", "held-out adapt: teacher agreement (chooses)"),
+                           (axes[1], "eval_paper_avg", "eval: paper average (reported only)")):
+        for i, n in enumerate(names):
+            ci = rows[n][f"{key}_ci"]
+            ax.errorbar(rows[n][key], -i, xerr=[[rows[n][key] - ci["lo"]], [ci["hi"] - rows[n][key]]], fmt="o",
+                        color="C3" if n == chosen else "C0", capsize=3)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks([-i for i in range(len(names))],
+                       [f"{n}  ({rows[n]['kept']}/{rows[n]['total']})" for n in names], fontsize=8)
+    for label in axes[0].get_yticklabels():
+        if label.get_text().startswith(chosen + " "):
+            label.set_fontweight("bold")
+    fig.tight_layout()
+    return fig

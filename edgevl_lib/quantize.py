@@ -67,8 +67,16 @@ __all__ = ["QuantConfig", "build_quantizer", "export_for_quant", "prepare_ptq", 
 Inputs = tuple[torch.Tensor, ...]
 
 def build_quantizer(cfg: QuantConfig) -> X86InductorQuantizer:
-    """The torchao quantizer for `cfg`: int8 per-channel symmetric weights, uint8 per-tensor activations."""
+    """The torchao quantizer for `cfg`: int8 per-channel symmetric weights, uint8 per-tensor activations.
+
+    With `cfg.weight_bits = b < 8` the weight spec keeps its int8 dtype and observer but clamps to
+    [-2^(b-1), 2^(b-1) - 1], so `s_c = max|W_c| / ((2^b - 1) / 2)` (torchao's observers take the range from the spec).
+    """
     config = get_default_x86_inductor_quantization_config(is_qat=cfg.is_qat, reduce_range=cfg.reduce_range)
+    if cfg.weight_bits != 8:
+        half = 2 ** (cfg.weight_bits - 1)
+        config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-half,
+                                                                         quant_max=half - 1))
     return X86InductorQuantizer().set_global(config)
 
 

@@ -59,11 +59,14 @@ class Recipe:
     Attributes:
         name: a label recorded with the results (not part of `hash`).
         seed: seeds every section.
+        train_seed: when set, seeds stage 1 and stage 2 instead (data, teacher and curation keep `seed`): what the
+            seed study (`edgevl_lib.study`) varies. Equal to `seed` means unset.
         smoke: True for the tiny configuration of `smoke_version()` (set by it; the sections carry the change).
     """
 
     name: str = field(default=DEFAULT_RECIPE, metadata=keys.VOLATILE)
     seed: int = 0
+    train_seed: int | None = None
     smoke: bool = field(default=False, metadata={**keys.VOLATILE, **keys.DERIVED})
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -80,8 +83,11 @@ class Recipe:
             bench = dataclasses.replace(bench, classes=tuple(self.data.classes))
         object.__setattr__(self, "data", dataclasses.replace(self.data, benchmark=bench))
         object.__setattr__(self, "teacher", dataclasses.replace(self.teacher, benchmark=bench, seed=seed))
-        for name in ("curation", "stage1", "stage2"):
-            object.__setattr__(self, name, dataclasses.replace(getattr(self, name), seed=seed))
+        if self.train_seed == seed:
+            object.__setattr__(self, "train_seed", None)
+        train_seed = seed if self.train_seed is None else self.train_seed
+        for name, value in (("curation", seed), ("stage1", train_seed), ("stage2", train_seed)):
+            object.__setattr__(self, name, dataclasses.replace(getattr(self, name), seed=value))
         extra = [m for m in self.stage2.modalities if m not in self.stage1.modalities]
         if extra:
             raise ValueError(f"stage2.modalities {list(self.stage2.modalities)} includes {extra}, which stage 1 "

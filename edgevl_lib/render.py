@@ -22,7 +22,9 @@ Layout on disk (`build_benchmark`)::
     <cache>/benchmark/embedded-<hash>/
       benchmark.json        config, classes, storage scales, suggested encoding ranges, timing
       teacher_pretrain/     rgb + label (builds the default teacher only)
-      adapt/                rgb / depth / thermal (labels only to evaluate curation)
+      adapt/                rgb / depth / thermal (labels only to evaluate curation), then a share
+                            `uninformative` of unlabelled frames no class can be read from: bare wall or floor,
+                            covered lens, motion blur, over- / under-exposure (ids and kinds in its meta.json)
       eval/                 rgb / depth / thermal + label
 
 Each split is a generic paired folder (`edgevl_lib.data.PairedFolder`). Every sample's random stream
@@ -1084,9 +1086,22 @@ def sample_rng(cfg: BenchmarkConfig, split: str, index: int) -> np.random.Genera
     return np.random.default_rng([cfg.seed, SPLITS.index(split), index, RENDERER_VERSION])
 
 
-def split_size(cfg: BenchmarkConfig, split: str) -> int:
-    """Number of samples of a split: `per_class[split] * len(classes)`, labels interleaved."""
+def informative_size(cfg: BenchmarkConfig, split: str) -> int:
+    """Number of labelled samples of a split: `per_class[split] * len(classes)`, labels interleaved."""
     return cfg.per_class[split] * len(cfg.classes)
+
+
+def uninformative_size(cfg: BenchmarkConfig, split: str) -> int:
+    """Number of uninformative frames of a split: only `adapt` has them, `u = round(s n / (1 - s))` for the
+    share `s = cfg.uninformative` of the split and its `n` labelled samples (so they are the share `s` of it)."""
+    if split != "adapt" or cfg.uninformative <= 0:
+        return 0
+    return int(round(cfg.uninformative * informative_size(cfg, split) / (1 - cfg.uninformative)))
+
+
+def split_size(cfg: BenchmarkConfig, split: str) -> int:
+    """Number of samples of a split: the labelled ones (labels interleaved), then the uninformative frames."""
+    return informative_size(cfg, split) + uninformative_size(cfg, split)
 
 
 def render_sample(cfg: BenchmarkConfig, split: str, index: int) -> Sample:
@@ -1099,7 +1114,10 @@ def render_sample(cfg: BenchmarkConfig, split: str, index: int) -> Sample:
     return _sample_from_arrays(_render_arrays(cfg, split, index))
 
 
-def _render_arrays(cfg: BenchmarkConfig, split: str, index: int) -> tuple[dict[str, np.ndarray], int, str]:
+def _render_arrays(cfg: BenchmarkConfig, split: str, index: int) -> tuple[dict[str, np.ndarray], int | None, str]:
+    if index >= informative_size(cfg, split):
+        arrays, _ = render_uninformative(cfg, index)
+        return arrays, None, f"{split}_{index:05d}"
     rng = sample_rng(cfg, split, index)
     label = index % len(cfg.classes)
     scene, camera = sample_scene(cfg, rng, label)
@@ -1114,7 +1132,117 @@ def _render_arrays(cfg: BenchmarkConfig, split: str, index: int) -> tuple[dict[s
     return arrays, label, f"{split}_{index:05d}"
 
 
-def _sample_from_arrays(item: tuple[dict[str, np.ndarray], int, str]) -> Sample:
+# ----------------------------------------------------------------------------------------------
+# Uninformative frames: what an edge camera records between the useful ones
+# ----------------------------------------------------------------------------------------------
+
+UNINFORMATIVE_KINDS: tuple[str, ...] = ("bare", "covered", "motion_blur", "overexposed", "underexposed")
+"""`bare`: wall and floor, no object of any class; `covered`: a hand or cap over the lens; `motion_blur`: a class
+scene smeared by camera motion (all modalities, one kernel); `overexposed` / `underexposed`: a class scene whose RGB
+is blown out (sunlight also blinds the depth sensor's infrared) / nearly black (depth and thermal still see)."""
+
+
+def uninformative_rng(cfg: BenchmarkConfig, index: int) -> np.random.Generator:
+    """The random stream of uninformative adapt frame `index` (its own stream: labelled samples are unchanged)."""
+    return np.random.default_rng([cfg.seed, SPLITS.index("adapt"), index, RENDERER_VERSION, 1])
+
+
+def _motion_blur(x: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """Mean of `length` copies of x (H, W[, C]) shifted along `angle`: a linear motion-blur kernel, edges replicated."""
+    h, w = x.shape[:2]
+    pad = length
+    xp = np.pad(x, [(pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 2), mode="edge")
+    acc = np.zeros_like(x, dtype=np.float64)
+    for k in range(length):
+        f = k - (length - 1) / 2
+        dy, dx = int(round(f * np.sin(angle))), int(round(f * np.cos(angle)))
+        acc += xp[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    return acc / length
+
+
+def _bare_scene(cfg: BenchmarkConfig, rng: np.random.Generator) -> tuple[Scene, Camera]:
+    """Wall and floor only (sometimes a corner): the camera looks at a bare surface, no object of any class."""
+    wall_z = -float(rng.uniform(0.5, 3.0))
+    parts = _room(rng, wall_z)
+    if rng.random() < 0.4:
+        side = rng.choice([-1.0, 1.0])
+        parts.append(dataclasses.replace(parts[1], center=np.array([side * rng.uniform(0.5, 2.0), 0.0, 0.0]),
+                                         rot=rotation(roll=side * np.pi / 2)))
+    height = float(rng.uniform(0.4, 1.6))
+    pos = np.array([rng.uniform(-0.3, 0.3), height, rng.uniform(0.3, 2.0)])
+    if rng.random() < 0.5:  # at the wall
+        target = np.array([rng.uniform(-0.5, 0.5), height + rng.uniform(-0.3, 0.3), wall_z])
+    else:  # down at the floor
+        target = pos + np.array([rng.uniform(-0.3, 0.3), -height, -rng.uniform(0.2, 0.8)])
+        target[1] = 0.0
+    light = Light(direction=np.array([rng.uniform(-0.5, 0.5), 1.0, rng.uniform(0.2, 1.0)]),
+                  intensity=float(rng.uniform(0.6, 1.2)), color=np.ones(3), ambient=float(rng.uniform(0.25, 0.45)))
+    ambient_c = float(21.0 + 1.5 * rng.uniform(-1, 1))
+    scene = Scene(parts, light, ambient_c=ambient_c, gradient_c_per_m=float(rng.uniform(0.3, 1.0)),
+                  reflected_c=ambient_c + float(rng.uniform(-3.0, 1.5)))
+    return scene, Camera(tuple(pos), tuple(target), float(rng.uniform(50, 65)))
+
+
+def render_uninformative(cfg: BenchmarkConfig, index: int) -> tuple[dict[str, np.ndarray], str]:
+    """Render uninformative adapt frame `index`, paired across rgb / depth / thermal as one sensor rig records it.
+
+    The kind cycles through `UNINFORMATIVE_KINDS` (index order); everything else comes from `uninformative_rng`.
+
+    Returns:
+        (arrays in the units of `render_sample`, kind).
+    """
+    rng = uninformative_rng(cfg, index)
+    kind = UNINFORMATIVE_KINDS[(index - informative_size(cfg, "adapt")) % len(UNINFORMATIVE_KINDS)]
+    size = cfg.image_size
+    if kind == "covered":  # skin or a cap a few cm from the lens: dark, no depth return, warm and uniform
+        tone = np.array([0.45, 0.30, 0.24]) if rng.random() < 0.6 else np.array([0.12, 0.12, 0.13])
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        shade = rng.uniform(0.03, 0.25) * (0.6 + 0.4 * (np.cos(rng.uniform(0, 2 * np.pi)) * xx + yy))
+        rgb = np.clip(tone * shade[..., None] + 0.01 * rng.standard_normal((size, size, 3)), 0, 1)
+        # no return through the cover, a few close speckles where infrared leaks in at the rim
+        rim = np.minimum(np.minimum(yy, 1 - yy), np.minimum(xx, 1 - xx)) < 0.12
+        depth = np.where(rim & (rng.random((size, size)) < 0.08), rng.uniform(0.4, 0.7, (size, size)), 0.0)
+        temp = rng.uniform(30.0, 34.0) if tone[0] > 0.3 else rng.uniform(22.0, 26.0)
+        thermal = add_thermal_noise(np.full((size, size), temp) + 0.5 * _gaussian_blur(
+            rng.standard_normal((size, size)), size / 8), rng, cfg.thermal_noise)
+        return _frame_arrays(rgb, depth, thermal), kind
+    if kind == "bare":
+        scene, camera = _bare_scene(cfg, rng)
+    else:
+        scene, camera = sample_scene(cfg, rng, int(rng.integers(len(cfg.classes))))
+    out = render_scene(scene, camera, size)
+    focal = 0.5 * size / np.tan(np.radians(camera.fov_deg) / 2)
+    depth = add_depth_noise(out.depth, out.cos_view, rng, cfg.depth_noise, cfg.depth_range, out.ir_dropout, focal)
+    thermal = add_thermal_noise(out.thermal, rng, cfg.thermal_noise)
+    rgb = out.rgb
+    if kind == "motion_blur":
+        length, angle = int(rng.integers(size // 4, size // 2 + 1)), float(rng.uniform(0, np.pi))
+        rgb = _motion_blur(rgb, length, angle)
+        valid = _motion_blur((depth > 0).astype(np.float64), length, angle)
+        depth = np.where(valid > 0.5, _motion_blur(depth, length, angle) / np.maximum(valid, 1e-6), 0.0)
+        thermal = _motion_blur(thermal, length, angle)
+    elif kind == "overexposed":
+        rgb = np.clip(rgb * rng.uniform(8.0, 16.0) + rng.uniform(0.3, 0.6), 0, 1)
+        depth = np.where(rng.random(depth.shape) < rng.uniform(0.7, 0.95), 0.0, depth)
+    elif kind == "underexposed":
+        rgb = np.round(np.clip(rgb * rng.uniform(0.02, 0.06), 0, 1) * 255) / 255
+    rgb = np.clip(rgb + cfg.rgb_noise * (3 if kind == "underexposed" else 1) * rng.standard_normal(rgb.shape), 0, 1)
+    return _frame_arrays(rgb, depth, thermal), kind
+
+
+def _frame_arrays(rgb: np.ndarray, depth: np.ndarray, thermal: np.ndarray) -> dict[str, np.ndarray]:
+    return {RGB: np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32),
+            "depth": np.asarray(depth, dtype=np.float32)[None], "thermal": np.asarray(thermal, dtype=np.float32)[None]}
+
+
+def uninformative_kinds(cfg: BenchmarkConfig, split: str = "adapt") -> dict[str, str]:
+    """{sample id: kind} of a split's uninformative frames (what `build_benchmark` writes to its meta.json)."""
+    n = informative_size(cfg, split)
+    return {f"{split}_{i:05d}": UNINFORMATIVE_KINDS[(i - n) % len(UNINFORMATIVE_KINDS)]
+            for i in range(n, split_size(cfg, split))}
+
+
+def _sample_from_arrays(item: tuple[dict[str, np.ndarray], int | None, str]) -> Sample:
     arrays, label, sid = item
     return Sample(images={m: torch.from_numpy(a) for m, a in arrays.items()}, label=label, id=sid)
 
@@ -1168,13 +1296,15 @@ def build_benchmark(cfg: BenchmarkConfig, root: Path | None = None, force: bool 
             n = split_size(cfg, split)
             render = partial(_render_arrays, cfg, split)
             items = pool.imap(render, range(n), chunksize=8) if pool else map(render, range(n))
-            samples = (_collect_stats(_sample_from_arrays(it), stats) for it in items)
+            samples = (_collect_stats(_sample_from_arrays(it), stats) for it in items)  # labelled frames only
             write_paired_folder(tmp / split, utils.progress(samples, desc=f"render {split}", total=n), cfg.classes,
-                                meta={"benchmark": "embedded", "split": split, "config_hash": config_hash(cfg)})
+                                meta={"benchmark": "embedded", "split": split, "config_hash": config_hash(cfg),
+                                      "uninformative": uninformative_kinds(cfg, split)})
         seconds = time.perf_counter() - start
         utils.write_json(tmp / "benchmark.json", {
             "config": to_dict(cfg), "config_hash": config_hash(cfg), "renderer_version": RENDERER_VERSION,
             "class_names": list(cfg.classes), "splits": {s: split_size(cfg, s) for s in SPLITS},
+            "uninformative": {s: uninformative_size(cfg, s) for s in SPLITS},
             "split_modalities": {s: list(m) for s, m in SPLIT_MODALITIES.items()},
             "storage_scales": DEFAULT_SCALES, "suggested_ranges": _suggest_ranges(stats),
             "default_ranges": DEFAULT_RANGES, "generation_seconds": round(seconds, 2)})
@@ -1191,6 +1321,8 @@ def build_benchmark(cfg: BenchmarkConfig, root: Path | None = None, force: bool 
 
 
 def _collect_stats(sample: Sample, stats: dict[str, list[tuple[float, float]]]) -> Sample:
+    if sample.label is None:  # uninformative frames (a covered lens reads 32 C) do not set the ranges
+        return sample
     for m, acc in stats.items():
         if m in sample.images:
             x = sample.images[m].numpy()

@@ -140,7 +140,8 @@ def run_all(smoke: bool = False, only: list[str] | None = None, out_root: Path |
 
 
 HEADLINES: dict[str, tuple[str, ...]] = {
-    "01_curation": ("zero_shot", "curation.kept", "curation.total", "curation.kept_pseudo_acc"),
+    "01_curation": ("zero_shot", "curation.kept", "curation.total", "curation.kept_pseudo_acc",
+                    "curation.classes_kept", "curation.uninformative"),
     "02_stage1": ("zero_shot", "ablation.dual.mean_trained", "ablation.rgb_only.mean_trained",
                   "ablation.nonrgb_only.mean_trained"),
     "03_stage2": ("table.stage1_fp32.avg", "table.ptq_int8.avg", "table.qat_int8.avg", "table.stage2_int8.avg"),

@@ -6,7 +6,7 @@ EdgeVL's ablation (Table "quantization as enhancement") compares, on the same da
     ptq_int8      + post-training quantization: observers on a few training batches, then int8
                   (`quantize.prepare_ptq` -> `quantize.calibrate` -> `quantize.convert`)
     qat_int8      + plain quantization-aware training: L = L_d            (`train.train_stage2`, λ = 0)
-    stage2_int8   + QAT with the semi-hard triplet loss: L = L_d + λ L_c  (`train.train_stage2`, λ > 0)
+    stage2_int8   + QAT with the semi-hard triplet loss: L = w_d L_d + λ L_c  (`train.train_stage2`, λ > 0)
 
 All int8 models are x86 PT2E models (int8 per-channel symmetric weights, uint8 per-tensor activations). They are
 evaluated eagerly, where q/dq pairs simulate the int8 arithmetic in float, and they run on real oneDNN int8
@@ -41,7 +41,7 @@ from .cache import CachedViewDataset, EmbeddingCache
 from .config import Stage2Config
 from .evaluate import zero_shot_outcomes
 from .students import Student, count_params, load_student, reparameterized, save_student
-from .train import Stage2Result, fingerprint, train_stage2
+from .train import Stage2Result, fingerprint, holdout_rows, train_stage2
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,15 @@ def calibration_batches(dataset: data.PairedDataset, cache: EmbeddingCache, cfg:
                         batches: int | None = None) -> list[torch.Tensor]:
     """The first `batches` (default `cfg.quant.calibration_batches`) training batches of epoch 0 for PTQ.
 
-    Same views, order and encodings as the first QAT epoch; each batch is [x; x'_1; ...] (every modality of
-    `cfg.modalities` concatenated), so the activation ranges cover RGB and non-RGB inputs.
+    Same views, order and encodings as the first QAT epoch (without the held-out images of
+    `cfg.holdout_fraction`); each batch is [x; x'_1; ...] (every modality of `cfg.modalities` concatenated), so
+    the activation ranges cover RGB and non-RGB inputs.
     """
     n = cfg.quant.calibration_batches if batches is None else batches
     views = CachedViewDataset(cache, dataset, image_size, cfg.seed)
+    train_rows, held_rows = holdout_rows(len(views), cfg.holdout_fraction, cfg.seed)
+    if held_rows:
+        views = torch.utils.data.Subset(views, train_rows)
     order = torch.Generator().manual_seed(cfg.seed * 100_003)
     loader = DataLoader(views, batch_size=cfg.batch_size, sampler=torch.utils.data.RandomSampler(views, generator=order),
                         collate_fn=CachedViewDataset.collate)
@@ -166,11 +170,13 @@ class Int8Variants:
     Attributes:
         models: {"ptq_int8" | "qat_int8" | "stage2_int8": Int8Student}.
         paths: the `.pt2` file of each model.
-        history: {"qat_int8" | "stage2_int8": per-epoch training records (train.Stage2Result.history)}.
+        history: {"qat_int8" | "stage2_int8" | "fp32_ld" | "fp32_ld_lc": per-epoch training records
+            (train.Stage2Result.history: losses, triplets, `grad_ratio`, `holdout_score`, ...)}.
         triplets: totals of the stage-2 run: `anchors`, `mined`, `images`.
         seconds: wall time of each variant's build in the call that built it.
         from_cache: True when every model was loaded from `out_dir` instead of built.
         folder: where they live.
+        info: `params`, `calibration_images`, `chosen_epoch` ({run: the epoch its model comes from}).
         controls: {"fp32_ld" | "fp32_ld_lc": float Student} (`CONTROLS`), saved as `<name>.safetensors`.
     """
 
@@ -195,6 +201,7 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
                         resume: bool = True) -> Int8Variants:
     """PTQ, plain QAT (λ = 0) and stage 2 (λ = `cfg.contrastive_weight`) from one stage-1 student, and the two
     float control rows (`CONTROLS`: the same training without fake quantization, λ = 0 and λ = cfg's).
+    The λ = 0 rows are L = w_d L_d with w_d = `cfg.distill_weight`, or 1 when that is 0 (triplet-only stage 2).
 
     QAT and stage 2 train with the same configuration, images, views, order and steps (`train.train_stage2`);
     only λ differs. PTQ calibrates on the first `cfg.quant.calibration_batches` batches of that order.
@@ -236,23 +243,32 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
              seconds["ptq_int8"])
 
     runs: dict[str, Stage2Result] = {}
+    chosen: dict[str, int | None] = {}
+
+    def weights(contrastive: float) -> dict[str, float]:
+        """λ and w_d of a run: a λ = 0 run is distillation, w_d = 1 when cfg's is 0."""
+        distill = cfg.distill_weight if contrastive > 0 or cfg.distill_weight > 0 else 1.0
+        return {"contrastive_weight": contrastive, "distill_weight": distill}
+
     for name, weight in (("qat_int8", 0.0), ("stage2_int8", cfg.contrastive_weight)):
         start = time.perf_counter()
-        run_cfg = dataclasses.replace(cfg, contrastive_weight=weight, checkpoint_dir=str(out_dir / name / "checkpoints"))
+        run_cfg = dataclasses.replace(cfg, **weights(weight), checkpoint_dir=str(out_dir / name / "checkpoints"))
         runs[name] = train_stage2(run_cfg, student, dataset, cache, pseudo_labels, out_dir=out_dir / name,
                                   resume=resume)
         models[name] = Int8Student(quantize.convert(runs[name].model.cpu()), student.config).eval()
         history[name] = runs[name].history
+        chosen[name] = runs[name].chosen_epoch
         seconds[name] = time.perf_counter() - start
     controls = {}
     for name, weight in zip(CONTROLS, (0.0, cfg.contrastive_weight)):
         start = time.perf_counter()
-        run_cfg = dataclasses.replace(cfg, contrastive_weight=weight, fake_quant=False,
+        run_cfg = dataclasses.replace(cfg, **weights(weight), fake_quant=False,
                                       checkpoint_dir=str(out_dir / name / "checkpoints"))
         run = train_stage2(run_cfg, student, dataset, cache, pseudo_labels, out_dir=out_dir / name, resume=resume)
         controls[name] = run.model.cpu().eval()
         save_student(controls[name], out_dir / f"{name}.safetensors")
         history[name] = run.history
+        chosen[name] = run.chosen_epoch
         seconds[name] = time.perf_counter() - start
 
     paths = {v: save_int8_student(models[v], out_dir / f"{v}.pt2") for v in INT8_VARIANTS}
@@ -260,7 +276,8 @@ def build_int8_variants(student: Student, dataset: data.PairedDataset, cache: Em
     # but only the nodes the graph uses, which Inductor's int8 passes compile about 2.5x faster at batch 1.
     models = {v: load_int8_student(p) for v, p in paths.items()}
     triplets = runs["stage2_int8"].triplets
-    info = {"params": count_params(student), "calibration_images": sum(len(b) for b in batches)}
+    info = {"params": count_params(student), "calibration_images": sum(len(b) for b in batches),
+            "chosen_epoch": chosen}
     utils.write_json(summary_path, {"inputs": inputs, "history": history, "triplets": triplets, "seconds": seconds,
                                     "info": info})
     return Int8Variants(models, paths, history, triplets, seconds, False, out_dir, info, controls)

@@ -39,6 +39,7 @@ of every epoch so all ranks hold the weights rank 0 checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -57,8 +58,9 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import data, keys, utils
 from .cache import CachedViewDataset, EmbeddingCache, apply_view
@@ -523,10 +525,15 @@ class Stage2Result:
             `quantize.convert(model)` turns it into the int8 model.
         history: one dict per epoch as in stage 1 (`loss`, `parts` with `dual` and, when λ > 0, `triplet`,
             `seconds`, `lr`, `images`, `steps`) plus `anchors` (anchors with at least one semi-hard triplet,
-            summed over the epoch's batches) and `mined` (triplets).
+            summed over the epoch's batches), `mined` (triplets), `grad_ratio` (mean ||∇L_c|| / ||∇L_d|| over
+            the first `cfg.grad_ratio_batches` batches; None unless both terms are on), with `mining="bank"`
+            `bank_seconds` (the bank refresh, part of `seconds`) and with a holdout `holdout` ({modality: mean
+            cosine}) and `holdout_score` (their mean).
         last_checkpoint: the QAT weights of the last complete epoch (safetensors).
         checkpoint_dir: the folder holding the checkpoints and state.json.
         config: `config.to_dict(cfg)`.
+        chosen_epoch: the epoch `model` comes from (1-based): the last one, or with `cfg.holdout_fraction > 0`
+            the one with the best `holdout_score`.
     """
 
     model: torch.fx.GraphModule
@@ -534,6 +541,7 @@ class Stage2Result:
     last_checkpoint: Path | None
     checkpoint_dir: Path
     config: dict[str, Any]
+    chosen_epoch: int | None = None
 
     @property
     def triplets(self) -> dict[str, int]:
@@ -590,20 +598,144 @@ def _row_labels(cache: EmbeddingCache, pseudo_labels: Mapping[str, int]) -> dict
     return {sid: int(pseudo_labels[sid]) for sid in cache.ids}
 
 
+def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor,
+                        params: Sequence[torch.Tensor]) -> float:
+    """The balance of two loss terms: the ratio of their gradient norms over all `params` (one flat vector).
+
+        r = ||∇_θ N||_2 / ||∇_θ D||_2,   ||∇_θ X||_2 = sqrt(Σ_p ||∂X/∂p||²)
+
+    Two `torch.autograd.grad` calls with `retain_graph=True`: nothing accumulates into `.grad` and the graph
+    survives for the training step's backward. Parameters a term does not reach contribute zero; a zero
+    denominator gives inf (nan when both are zero).
+
+    >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> round(gradient_norm_ratio((3 * w).sum(), (w * w).sum(), [w]), 4)   # ||(3, 3)|| / ||(2, 4)||
+    0.9487
+    """
+    params = list(params)
+
+    def norm(term: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+        return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+
+    return float(norm(numerator).cpu() / norm(denominator).cpu())
+
+
+def holdout_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows) of `n` cached rows: `round(fraction n)` rows (at least 1 when fraction > 0)
+    of a seeded random permutation are held out; both lists ascending. fraction 0 holds out nothing.
+
+    >>> holdout_rows(5, 0.0, 0)
+    ([0, 1, 2, 3, 4], [])
+    >>> train, held = holdout_rows(10, 0.2, 0); len(train), len(held), sorted(train + held) == list(range(10))
+    (8, 2, True)
+    """
+    if fraction <= 0:
+        return list(range(n)), []
+    held = max(1, round(fraction * n))
+    if held > n - 2:
+        raise ValueError(f"holdout_fraction={fraction} holds out {held} of {n} curated images, leaving fewer than "
+                         f"2 to train on; lower it")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + 7_919)).tolist()
+    return sorted(order[held:]), sorted(order[:held])
+
+
+class _FirstViewDataset(CachedViewDataset):
+    """CachedViewDataset that always returns the stored first view (k = 0) and its teacher embedding e_i0."""
+
+    def view_index(self, row: int) -> int:
+        return 0
+
+
+@contextlib.contextmanager
+def _frozen_quantizers(model: torch.nn.Module):
+    """Within the block no fake quantizer observes, so a pass over images does not move the QAT graph's ranges;
+    one that has observed nothing yet (epoch 0, before the first step: its scale is the placeholder 1) is
+    bypassed. Every quantizer buffer is put back afterwards (the fused per-channel op resizes unobserved ones
+    even with its observer off). A float model has no quantizers: nothing changes."""
+    saved = []
+    for module in model.modules():
+        if hasattr(module, "observer_enabled") and hasattr(module, "fake_quant_enabled"):
+            saved.append([(buf, buf.detach().clone()) for _, buf in module.named_buffers()])
+            seen = getattr(getattr(module, "activation_post_process", None), "min_val", None)
+            observed = seen is not None and seen.numel() > 0 and bool(torch.isfinite(seen).all())
+            module.observer_enabled.fill_(0)
+            if not observed:
+                module.fake_quant_enabled.fill_(0)
+    try:
+        yield
+    finally:
+        for buffers in saved:
+            for buf, value in buffers:
+                buf.resize_(value.shape).copy_(value)
+
+
+@torch.no_grad()
+def _encode_first_views(model: torch.nn.Module, views: _FirstViewDataset, rows: Sequence[int],
+                        modalities: Sequence[str], cfg: Stage2Config, image_size: int, device: torch.device
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({modality: (len(rows), D) L2-normalised student features}, (len(rows), D) stored teacher embeddings e_i0)
+    of the first stored view of `rows`, in order; `model` as it is (eval mode: the caller's), quantizers frozen."""
+    loader = DataLoader(Subset(views, list(rows)), batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.num_workers, collate_fn=CachedViewDataset.collate,
+                        generator=torch.Generator())  # its base seed: not a draw from the global RNG
+    features: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+    targets = []
+    with _frozen_quantizers(model):
+        for batch, target in loader:
+            inputs = data.encoder_inputs(batch, list(modalities), cfg.encodings, size=image_size)
+            out = model(torch.cat([inputs[m] for m in modalities]).to(device)).float().split(len(target))
+            for m, f in zip(modalities, out):
+                features[m].append(F.normalize(f, dim=1))
+            targets.append(target.to(device, dtype=torch.float32))
+    return {m: torch.cat(f) for m, f in features.items()}, torch.cat(targets)
+
+
+def holdout_agreement(student_features: Mapping[str, torch.Tensor], teacher_emb: torch.Tensor) -> dict[str, float]:
+    """The label-free held-out score of stage 2's epoch selection, per modality M:
+
+        A_M = 1/|H| Σ_{i in H} cos(S(x_i^M), T(x_i)),   score = mean_M A_M
+
+    with T(x_i) the stored teacher embedding of image i's first view (the class text embeddings, which a
+    zero-shot agreement would need, are not an input of stage 2).
+
+    >>> a = holdout_agreement({"rgb": torch.tensor([[1., 0.], [0., 1.]])}, torch.tensor([[1., 0.], [1., 1.]]))
+    >>> round(a["rgb"], 4)  # (cos 0 + cos 45°) / 2
+    0.8536
+    """
+    t = F.normalize(teacher_emb.float(), dim=1)
+    return {m: float((F.normalize(f.float(), dim=1) * t).sum(dim=1).mean()) for m, f in student_features.items()}
+
+
 def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDataset, cache: EmbeddingCache,
                  pseudo_labels: Mapping[str, int] | None = None, *, out_dir: str | os.PathLike,
                  resume: bool = True, callbacks: Sequence[Callable[[dict[str, Any], torch.nn.Module], None]] | None
                  = None) -> Stage2Result:
     """EdgeVL stage 2: quantization-aware training of the stage-1 student, with the semi-hard triplet loss.
 
-        L = L_d + λ L_c
+        L = w_d L_d + λ L_c
         L_d = Σ_k w_k L_k(T(x), S_q(x), S_q(x'))         (cfg.distill, e.g. the dual L1 of stage 1)
         L_c = Σ_m triplet(S_q(x_m); triplets mined on S_q(x) with the teacher's pseudo-labels)
 
     where S_q is the student with fake-quantized int8 weights (per channel) and activations (per tensor)
-    (`quantize.prepare_qat`, gradients straight through the rounding) and λ = `cfg.contrastive_weight`
-    (λ = 0: plain QAT). Triplets are mined within each batch on the detached RGB features
-    (`mining.cross_modal_triplet_loss`, margin m, at most J negatives) and applied to every modality.
+    (`quantize.prepare_qat`, gradients straight through the rounding), λ = `cfg.contrastive_weight`
+    (λ = 0: plain QAT) and w_d = `cfg.distill_weight` (0: triplets only, the released code). Triplets are
+    mined on the detached `cfg.mine_on` features (`mining.cross_modal_triplet_loss`, margin m, at most J
+    negatives, the J nearest or J at random: `cfg.negatives`) and applied to every modality:
+
+        mining="batch"  within each batch
+        mining="bank"   anchors of the batch against a bank per modality, B^M = the normalised features of
+                        every training image, computed at the start of each epoch (eval mode, stored first
+                        view, no gradient, quantizers frozen) and overwritten with the batch's detached
+                        features each step before mining (CrossBatchMemory's enqueue):
+                        L_c = Σ_M 1/T Σ max(0, ||e^M_a - b^M_p|| - ||e^M_a - b^M_n|| + m)
+
+    Diagnostics: on the first `cfg.grad_ratio_batches` batches of each epoch ||∇_θ L_c|| / ||∇_θ L_d||
+    (`gradient_norm_ratio`, raw terms, before the weights; record `grad_ratio`, the epoch mean). With
+    `cfg.holdout_fraction > 0` a seeded random slice of the curated images (`holdout_rows`) is kept out of
+    training, of the bank and of the triplets; after every epoch `holdout_agreement` scores the model on it
+    (eval mode, first view) and the epoch with the best score is returned (`chosen_epoch`).
 
     Unlike the released code, every epoch switches the graph to train mode (`quantize.set_training`: batch
     norm uses batch statistics, fake quantizers keep observing) and every step zeroes the gradients before
@@ -658,11 +790,22 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     def set_training(training: bool) -> None:
         quantize.set_training(prepared, training) if cfg.fake_quant else prepared.train(training)
     views = CachedViewDataset(cache, dataset, image_size, cfg.seed)
+    train_rows, held_rows = holdout_rows(len(views), cfg.holdout_fraction, cfg.seed)
+    train_views = Subset(views, train_rows) if held_rows else views
+    first_views = _FirstViewDataset(cache, dataset, image_size, cfg.seed)
     order = torch.Generator()
-    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=torch.utils.data.RandomSampler(views, generator=order),
+    loader = DataLoader(train_views, batch_size=cfg.batch_size,
+                        sampler=torch.utils.data.RandomSampler(train_views, generator=order),
                         num_workers=cfg.num_workers, collate_fn=CachedViewDataset.collate,
-                        drop_last=len(views) >= cfg.batch_size)
+                        drop_last=len(train_views) >= cfg.batch_size)
     steps_per_epoch = len(loader)
+    use_bank = cfg.mining == "bank" and cfg.contrastive_weight > 0
+    bank_row = {cache.ids[row]: i for i, row in enumerate(train_rows)}
+    bank_labels = torch.tensor([labels_of[cache.ids[row]] for row in train_rows], device=device) if use_bank \
+        else None
+    draws = torch.Generator()  # the random negatives, seeded per epoch
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    measure_ratio = cfg.grad_ratio_batches > 0 and cfg.distill_weight > 0 and cfg.contrastive_weight > 0
     optimizer = torch.optim.AdamW(prepared.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     min_ratio = (cfg.min_lr if cfg.min_lr is not None else cfg.lr) / cfg.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
@@ -675,31 +818,51 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     state = _restore(ckpt_dir, partial(load_graph_weights, prepared), optimizer, scheduler, scaler, extra, resume)
     start_epoch, step = (state["epochs_done"], state["step"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []
+    best: dict[str, Any] | None = state["best"] if state else None
     last_checkpoint = ckpt_dir / state["student"] if state else None
 
-    log.info("stage 2: %s %s on %s, %d images, %d steps/epoch, epochs %d..%d, λ=%g, lr %.1e", student.arch,
-             "QAT" if cfg.fake_quant else "float (control)", device, len(views), steps_per_epoch, start_epoch + 1,
-             cfg.epochs, cfg.contrastive_weight, cfg.lr)
+    log.info("stage 2: %s %s on %s, %d images (%d held out), %d steps/epoch, epochs %d..%d, w_d=%g, λ=%g, "
+             "%s mining, %s negatives, lr %.1e", student.arch, "QAT" if cfg.fake_quant else "float (control)",
+             device, len(train_rows), len(held_rows), steps_per_epoch, start_epoch + 1, cfg.epochs,
+             cfg.distill_weight, cfg.contrastive_weight, cfg.mining, cfg.negatives, cfg.lr)
     for epoch in range(start_epoch, cfg.epochs):
         views.set_epoch(epoch)
         order.manual_seed(cfg.seed * 100_003 + epoch)
+        draws.manual_seed(cfg.seed * 100_003 + epoch + 1_000_000_007)
+        banks, bank_seconds = None, 0.0
+        if use_bank:
+            start = time.perf_counter()
+            set_training(False)
+            banks, _ = _encode_first_views(prepared, first_views, train_rows, modalities, cfg, image_size, device)
+            bank_seconds = time.perf_counter() - start
         set_training(True)
-        start = time.perf_counter()
+        start = time.perf_counter() - bank_seconds
         sums: dict[str, torch.Tensor] = {}
+        ratios: list[float] = []
         images, anchors, mined, lr = 0, 0, 0, scheduler.get_last_lr()[0]
-        for batch, targets in utils.progress(loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
-                                             total=steps_per_epoch):
+        for index, (batch, targets) in enumerate(utils.progress(
+                loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)):
             inputs = data.encoder_inputs(batch, modalities, cfg.encodings, size=image_size)
             x = torch.cat([inputs[m] for m in modalities]).to(device)
             targets = targets.to(device, dtype=torch.float32)
             features = prepared(x).float().split(len(targets))
-            loss, parts = combined_distillation_loss(cfg.distill.weights, targets, features[0], features[1:], None,
-                                                     cfg.distill)
+            distill, parts = combined_distillation_loss(cfg.distill.weights, targets, features[0], features[1:],
+                                                        None, cfg.distill)
+            loss = cfg.distill_weight * distill if cfg.distill_weight > 0 else None
             if cfg.contrastive_weight > 0:
                 labels = torch.tensor([labels_of[sid] for sid in batch["id"]], device=device)
+                rows = None
+                if banks is not None:  # enqueue: the batch's rows get their fresh features before mining
+                    rows = torch.tensor([bank_row[sid] for sid in batch["id"]], device=device)
+                    for m, f in zip(modalities, features):
+                        banks[m][rows] = F.normalize(f.detach(), dim=1)
                 contrastive, _, triplets = cross_modal_triplet_loss(
-                    dict(zip(modalities, features)), labels, cfg.mine_on, cfg.margin, cfg.max_negatives)
-                loss = loss + cfg.contrastive_weight * contrastive
+                    dict(zip(modalities, features)), labels, cfg.mine_on, cfg.margin, cfg.max_negatives,
+                    banks=banks, bank_labels=bank_labels, query_index=rows, negatives=cfg.negatives, generator=draws)
+                if measure_ratio and index < cfg.grad_ratio_batches:
+                    ratios.append(gradient_norm_ratio(contrastive, distill, params))
+                weighted = cfg.contrastive_weight * contrastive
+                loss = weighted if loss is None else loss + weighted
                 parts["triplet"] = contrastive.detach()
                 anchors += int(triplets[0].unique().numel())
                 mined += int(triplets[0].numel())
@@ -713,17 +876,37 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
             for name, value in {"loss": loss.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value * len(targets)
         record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr, steps_per_epoch, 1, device)
-        record.update(anchors=anchors, mined=mined)
-        history.append(record)
+        record.update(anchors=anchors, mined=mined, grad_ratio=float(np.mean(ratios)) if ratios else None)
+        if use_bank:
+            record["bank_seconds"] = bank_seconds
         set_training(False)
-        best = {"epoch": record["epoch"], "loss": record["loss"]}  # stage 2 keeps the last epoch
+        if held_rows:
+            student_features, teacher_emb = _encode_first_views(prepared, first_views, held_rows, modalities, cfg,
+                                                                 image_size, device)
+            record["holdout"] = holdout_agreement(student_features, teacher_emb)
+            record["holdout_score"] = float(np.mean(list(record["holdout"].values())))
+        history.append(record)
+        if not held_rows:
+            best = {"epoch": record["epoch"], "loss": record["loss"]}  # stage 2 keeps the last epoch
+        elif best is None or record["holdout_score"] > best["holdout_score"]:
+            best = {"epoch": record["epoch"], "holdout_score": record["holdout_score"],
+                    "weights": f"best_{record['epoch']:04d}.safetensors"}
+            save_graph_weights(prepared, ckpt_dir / best["weights"])
         last_checkpoint = _save_checkpoint(ckpt_dir, partial(save_graph_weights, prepared), optimizer, scheduler,
                                            scaler, epoch + 1, step, history, best, extra)
-        log.info("stage 2 epoch %d/%d: loss %.5f %s, %d triplets on %d anchors, %.1f s", record["epoch"],
+        for old in ckpt_dir.glob("best_*.safetensors"):  # after the commit: state.json names the kept one
+            if old.name != best.get("weights"):
+                old.unlink()
+        log.info("stage 2 epoch %d/%d: loss %.5f %s, %d triplets on %d anchors, %.1f s%s%s%s", record["epoch"],
                  cfg.epochs, record["loss"], {k: round(v, 5) for k, v in record["parts"].items()}, mined, anchors,
-                 record["seconds"])
+                 record["seconds"], f" (bank refresh {bank_seconds:.1f} s)" if use_bank else "",
+                 f", |∇L_c|/|∇L_d| {record['grad_ratio']:.3g}" if ratios else "",
+                 f", held-out {record['holdout_score']:.4f}" if held_rows else "")
         for callback in callbacks or ():
             callback(record, prepared)
     set_training(False)
+    if held_rows and best is not None:
+        load_graph_weights(prepared, ckpt_dir / best["weights"])
+        log.info("stage 2: keeping epoch %d (held-out score %.4f)", best["epoch"], best["holdout_score"])
     return Stage2Result(model=prepared, history=history, last_checkpoint=last_checkpoint, checkpoint_dir=ckpt_dir,
-                        config=to_dict(cfg))
+                        config=to_dict(cfg), chosen_epoch=best["epoch"] if best else None)

@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgevl_lib import analysis
-from edgevl_lib.analysis import (FeatureExplorer, RepresentationScores, analysis_metrics, angle_distribution_figure,
-                                 angle_summary, cached_embeddings, feature_angles, feature_explorer,
-                                 has_widget_frontend, load_embeddings, m_neigh, m_neigh_chance, m_rel,
-                                 representation_figure, representation_scores, save_embeddings, umap_coordinates,
-                                 umap_figure, umap_sets, variant_angles)
+from edgevl_lib import analysis, stats
+from edgevl_lib.analysis import (ANGLE_CLAIMS, MARGIN_CLAIMS, FeatureExplorer, RepresentationScores, analysis_metrics,
+                                 angle_distribution_figure, angle_summary, cached_embeddings, claim_rows,
+                                 feature_angles, feature_explorer, has_widget_frontend, load_embeddings, m_neigh,
+                                 m_neigh_chance, m_rel, margin_angles, representation_figure, representation_scores,
+                                 save_embeddings, umap_coordinates, umap_figure, umap_sets, variant_angles,
+                                 variant_margin_angles)
 
 matplotlib.use("Agg")
 
@@ -68,6 +69,63 @@ def test_feature_angles_rejects_bad_inputs() -> None:
         feature_angles(torch.eye(2), [0, 1, 1], torch.eye(2))
     with pytest.raises(ValueError, match="2-d but text embeddings 3-d"):
         feature_angles(torch.eye(2), [0, 1], torch.eye(3))
+
+
+def test_margin_angles_by_hand() -> None:
+    text = _unit_at([0.0, 90.0, 200.0]) * torch.tensor([[2.0], [5.0], [0.5]])  # classes at 0, 90, 200 deg
+    img = 3.0 * _unit_at([30.0, 30.0, 100.0, 45.0, 10.0, 300.0])
+    labels = [0, 1, 2, None, 2, 0]
+    margins = margin_angles(img, labels, text)
+    assert margins.dtype == torch.float32 and margins.shape == (6,)
+    # angles to (0, 90, 200): 30 -> (30, 60, 170); 100 -> (100, 10, 100); 10 -> (10, 80, 170); 300 -> (60, 150, 100)
+    expected = [30 - 60, 60 - 30, 100 - 10, math.nan, 170 - 10, 60 - 100]
+    np.testing.assert_allclose(margins.numpy(), expected, atol=1e-4)
+    # a tie between the label and another class is 0; two classes: mu = theta_y - theta_other
+    assert margin_angles(_unit_at([45.0]), [0], torch.eye(2))[0] == pytest.approx(0.0, abs=1e-5)
+    assert margin_angles(_unit_at([80.0]), [0], torch.eye(2))[0] == pytest.approx(80.0 - 10.0, abs=1e-4)
+
+
+def test_margin_sign_is_the_zero_shot_prediction_and_matches_feature_angles() -> None:
+    img, text = _gauss(30, 200, 6), _gauss(31, 5, 6)
+    y = torch.arange(200) % 5
+    margins = margin_angles(img, y, text)
+    predicted = (F.normalize(img, dim=-1) @ F.normalize(text, dim=-1).T).argmax(dim=1)
+    assert torch.equal(margins < 0, predicted == y)  # negative margin <=> the label's text is the nearest
+    assert 0 < int((margins < 0).sum()) < 200
+    # second code path: feature_angles to the label minus the smallest feature_angles to any other class
+    to_class = torch.stack([feature_angles(img, torch.full((200,), c), text) for c in range(5)], dim=1)
+    others = to_class.masked_fill(F.one_hot(y, 5).bool(), math.inf).min(dim=1).values
+    np.testing.assert_allclose(margins.numpy(), (feature_angles(img, y, text) - others).numpy(), atol=1e-4)
+    assert bool(((margins >= -180) & (margins <= 180)).all())
+    assert torch.equal(variant_margin_angles({"fp32": {"rgb": img}}, y, text)["fp32"]["rgb"], margins)
+
+
+def test_margin_angles_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        margin_angles(torch.eye(2), [0, 0], torch.ones(1, 2))
+    with pytest.raises(ValueError, match="class indices 0..1"):
+        margin_angles(torch.eye(2), [0, 2], torch.eye(2))
+    with pytest.raises(ValueError, match="2-d but text embeddings 3-d"):
+        margin_angles(torch.eye(2), [0, 1], torch.eye(3))
+
+
+def test_angle_and_margin_claims_are_one_holm_family_with_the_same_directions() -> None:
+    assert MARGIN_CLAIMS == {"stage2_angle_below_fp32_margin": ("stage2_margin", "fp32_margin", -1),
+                             "ptq_opens_the_angle_margin": ("ptq_margin", "fp32_margin", +1),
+                             "stage2_closes_the_ptq_angle_margin": ("stage2_margin", "ptq_margin", -1)}
+    rng = np.random.default_rng(0)
+    centre = {"fp32": (60.0, -10.0), "ptq": (70.0, -5.0), "stage2": (55.0, -15.0)}
+    angles = {v: {m: a + rng.normal(0, 2, 40) for m in ("rgb", "depth")} for v, (a, _) in centre.items()}
+    margins = {v: {m: mu + rng.normal(0, 2, 40) for m in ("rgb", "depth")} for v, (_, mu) in centre.items()}
+    rows = claim_rows(angles, margins)
+    assert set(rows) == {"fp32", "ptq", "stage2", "fp32_margin", "ptq_margin", "stage2_margin"}
+    assert rows["stage2_margin"] is margins["stage2"]
+    block = stats.claims({**ANGLE_CLAIMS, **MARGIN_CLAIMS}, stats.paper_scores(rows, ["rgb", "depth"]), binary=False)
+    assert list(block) == [*ANGLE_CLAIMS, *MARGIN_CLAIMS]
+    assert all(c["verdict"] == "holds" for c in block.values())
+    assert block["stage2_angle_below_fp32_margin"]["diff"] == pytest.approx(
+        float(np.mean([margins["stage2"][m] - margins["fp32"][m] for m in ("rgb", "depth")])))
+    assert {k: c["p_holm"] for k, c in block.items()} == stats.holm({k: c["p"] for k, c in block.items()})
 
 
 def test_angle_summary_by_hand_flat_and_nested() -> None:
@@ -200,12 +258,15 @@ def test_representation_scores_targets_and_metrics_json_block() -> None:
     with pytest.raises(ValueError, match="no 'thermal' embeddings"):
         representation_scores({"fp32": {"thermal": teacher["rgb"]}}, teacher, target="same")
 
-    angles = variant_angles(emb, labels, text)
-    block = analysis_metrics(angles, rgb)
+    angles, margins = variant_angles(emb, labels, text), variant_margin_angles(emb, labels, text)
+    assert "margin_angle_deg" not in analysis_metrics(angles, rgb)
+    block = analysis_metrics(angles, rgb, margins)
     for v in ("fp32", "ptq", "qat", "stage2"):
         assert set(block["angle_deg"][v]) == {"rgb", "depth"}
         assert block["angle_deg"][v]["rgb"] == pytest.approx(float(np.nanmean(angles[v]["rgb"].numpy())))
         assert block["angle_stats"][v]["depth"]["n"] == 59  # one unknown label
+        assert block["margin_angle_deg"][v]["rgb"] == pytest.approx(float(np.nanmean(margins[v]["rgb"].numpy())))
+        assert block["margin_angle_stats"][v]["depth"]["n"] == 59
         assert isinstance(block["m_rel"][v], float) and isinstance(block["m_neigh"][v], float)
     assert block["representation"] == {"target": "rgb", "k": 5, "n": 60, "method": "pearson",
                                        "m_neigh_chance": pytest.approx(5 / 59)}
@@ -361,6 +422,10 @@ def test_figures_have_the_expected_axes() -> None:
     assert len(violins) == 4  # one per variant
     means = {t.get_text() for t in fig.axes[0].texts}
     assert f"{float(np.nanmean(angles['fp32']['rgb'].numpy())):.1f}°" in means
+    assert fig.axes[0].get_ylabel().startswith("angle(image") and not fig.axes[0].lines
+    fig_m = angle_distribution_figure(variant_margin_angles(emb, labels, text), ylabel="margin [deg]", reference=0.0)
+    assert fig_m.axes[0].get_ylabel() == "margin [deg]"
+    assert [list(line.get_ydata()) for line in fig_m.axes[1].lines] == [[0.0, 0.0]]  # the dashed zero line
     scores = representation_scores(emb, {"rgb": emb["fp32"]["rgb"]}, k=5)
     fig2 = representation_figure(scores)
     assert len(fig2.axes) == 2 and len(fig2.axes[0].patches) == 4 * 2  # variants x modalities

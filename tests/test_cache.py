@@ -246,3 +246,19 @@ def test_torchrun_two_ranks_shard_rows_and_match_single_process(tmp_path):
     assert Path(ranks[1]["path"]) == sharded.path and sharded.path.name == single.path.name
     assert np.array_equal(sharded.views, single.views) and sharded.ids == single.ids
     np.testing.assert_array_equal(sharded.embeddings, single.embeddings)
+
+
+def test_select_serves_a_subset_of_rows_with_its_own_key(tmp_path):
+    cache = build(tmp_path)
+    ids = [cache.ids[7], cache.ids[2]]
+    sub = cache.select(ids)
+    assert sub.ids == ids and len(sub) == 2 and sub.meta["num_images"] == 2 and sub.complete
+    np.testing.assert_array_equal(sub.embeddings[0], cache.embeddings[7])
+    np.testing.assert_array_equal(sub.views[1], cache.views[2])
+    assert sub.meta["key"] != cache.meta["key"] and sub.meta["key"].startswith(str(cache.meta["key"]))
+    assert cache.select(ids).meta["key"] == sub.meta["key"]
+    ds = ToyDataset()
+    sample, target = sub.torch_dataset(ds, out_size=16)[0]
+    assert sample.id == cache.ids[7]
+    with pytest.raises(KeyError, match="not in this cache"):
+        cache.select(["nope"])

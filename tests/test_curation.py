@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from edgevl_lib import data
 from edgevl_lib.config import BENCHMARK_CLASSES, CurationConfig
 from edgevl_lib.curation import (CurationResult, build_prompts, confidence, curate_by_confidence, curate_dataset,
-                                 curation_report, load_descriptions, load_label_superset, load_templates,
+                                 curation_report, curation_warnings, load_descriptions, load_label_superset, load_templates,
                                  score_dataset)
 from edgevl_lib.teachers import prompt_ensemble
 
@@ -198,3 +198,43 @@ def test_curate_dataset_end_to_end_and_result_round_trip(tmp_path):
     (tmp_path / "broken.json").write_text('{"kept": []}')
     with pytest.raises(data.DataError, match=r"broken\.json.*rerun curation"):
         CurationResult.load(tmp_path / "broken.json")
+
+
+def test_class_top_fraction_keeps_the_top_share_of_every_pseudo_class():
+    # class 0: confidences .9 .8 .3 .2 (4 images); class 1: .5 .4 (2); class 2: .1 (1)
+    conf = [0.9, 0.5, 0.8, 0.3, 0.4, 0.2, 0.1]
+    pseudo = [0, 1, 0, 0, 1, 0, 2]
+    ids = [f"s{i}" for i in range(7)]
+    r = curate_by_confidence(conf, pseudo, ids, ["a", "b", "c"], "class_top_fraction", top_fraction=0.5)
+    # ceil(.5 * 4) = 2 of class 0 (.9, .8), ceil(.5 * 2) = 1 of class 1 (.5), ceil(.5 * 1) = 1 of class 2 (.1)
+    assert r.kept == [0, 1, 2, 6] and r.mode == "class_top_fraction" and r.threshold == pytest.approx(0.1)
+    plain = curate_by_confidence(conf, pseudo, ids, ["a", "b", "c"], "top_fraction", top_fraction=4 / 7)
+    assert plain.kept == [0, 1, 2, 4]  # the plain top fraction loses class 2 entirely
+    tie = curate_by_confidence([0.5, 0.5, 0.5], [0, 0, 0], ["x", "y", "z"], ["a"], "class_top_fraction",
+                               top_fraction=0.5)
+    assert tie.kept == [0, 1]  # ceil(1.5) = 2, ties by the lower index
+
+
+def test_report_counts_classes_kept_and_uninformative_discarded():
+    conf = [0.9, 0.8, 0.7, 0.2, 0.6]
+    pseudo = [0, 1, 1, 0, 0]
+    ids = ["a0", "a1", "a2", "u0", "u1"]
+    r = curate_by_confidence(conf, pseudo, ids, ["chair", "table"], tau=0.5)  # keeps a0 a1 a2 u1
+    rep = curation_report(r, [0, 1, 0, None, None], ["chair", "table", "bed"], ["chair", "table"],
+                          uninformative=["u0", "u1"])
+    assert rep["classes_kept"] == 2 and rep["classes_total"] == 3 and rep["pseudo_classes_kept"] == 2
+    assert rep["uninformative"] == {"total": 2, "discarded": 1}
+    assert rep["kept_pseudo_acc"] == pytest.approx(2 / 3)  # a2 (true chair) got "table"
+
+
+def test_curation_warnings_flag_keeping_almost_all_or_little_and_lost_classes():
+    ids = [f"s{i}" for i in range(10)]
+    conf = [0.9] * 9 + [0.1]
+    everything = curate_by_confidence(conf, [0] * 10, ids, ["chair", "table"], tau=0.05)
+    lines = curation_warnings(everything, ["chair", "table"])
+    assert any("removes almost nothing" in x for x in lines) and any("'table'" in x for x in lines)
+    little = curate_by_confidence(conf, [0] * 5 + [1] * 5, ids, ["chair", "table"], "top_fraction", top_fraction=0.1)
+    assert any("keeps only 1 / 10" in x for x in curation_warnings(little, ["chair", "table"]))
+    fine = curate_by_confidence(conf, [0] * 5 + [1] * 5, ids, ["chair", "table"], "class_top_fraction",
+                                top_fraction=0.6)
+    assert curation_warnings(fine, ["chair", "table"]) == []

@@ -82,11 +82,15 @@ def test_curation_notebook_writes_its_metrics_and_figures(smoke_reports):
     assert set(m["zero_shot"]) == {"rgb", "depth", "thermal"}
     assert all(0.0 <= v <= 1.0 for v in m["zero_shot"].values())
     cur = m["curation"]
-    assert {"mode", "threshold", "kept", "total", "kept_pseudo_acc", "discarded_pseudo_acc"} <= set(cur)
-    assert 0 < cur["kept"] <= cur["total"]
+    assert {"mode", "threshold", "kept", "total", "kept_pseudo_acc", "discarded_pseudo_acc", "classes_kept",
+            "classes_total", "uninformative"} <= set(cur)
+    assert 0 < cur["kept"] <= cur["total"] and 0 < cur["classes_kept"] <= cur["classes_total"]
+    assert cur["uninformative"]["total"] > 0 and 0 <= cur["uninformative"]["discarded"] <= cur["uninformative"]["total"]
+    assert set(m["sweeps"]) == {"threshold", "top_fraction", "class_top_fraction"}
     assert m["cache"]["images"] == cur["kept"] and m["cache"]["views"] >= 1
     figures = {p.name for p in (out / "01_curation" / "figures").iterdir()}
-    assert {"benchmark_grid.png", "teacher_zero_shot.png", "confidence_histogram.png"} <= figures
+    assert {"benchmark_grid.png", "teacher_zero_shot.png", "confidence_histogram.png",
+            "uninformative_samples.png"} <= figures
     assert (out / "01_curation" / "01_curation.html").stat().st_size > 10_000
 
 
@@ -125,10 +129,14 @@ def test_analysis_notebook_writes_angles_and_consistency(smoke_reports):
         assert set(m["angle_deg"][variant]) == {"rgb", "depth", "thermal"}
         assert all(0.0 <= a <= 180.0 for a in m["angle_deg"][variant].values())
         assert -1.0 <= m["m_rel"][variant] <= 1.0 and 0.0 <= m["m_neigh"][variant] <= 1.0
-    assert set(m["claims"]) == {"stage2_angle_below_fp32", "ptq_opens_the_angle", "stage2_closes_the_ptq_angle"}
+        assert set(m["margin_angle_deg"][variant]) == {"rgb", "depth", "thermal"}
+        assert all(-180.0 <= a <= 180.0 for a in m["margin_angle_deg"][variant].values())
+    angle_claims = {"stage2_angle_below_fp32", "ptq_opens_the_angle", "stage2_closes_the_ptq_angle"}
+    assert set(m["claims"]) == angle_claims | {f"{c}_margin" for c in angle_claims}
     assert all(c["test"] == "paired bootstrap" for c in m["claims"].values())
-    assert {"angles.png", "umap.png", "representation.png"} <= {p.name for p in (out / "04_feature_angles" /
-                                                                               "figures").iterdir()}
+    assert m["claims"]["stage2_angle_below_fp32_margin"]["a"] == "stage2_margin"
+    assert {"angles.png", "margins.png", "umap.png", "representation.png"} <= {
+        p.name for p in (out / "04_feature_angles" / "figures").iterdir()}
 
 
 def test_benchmark_notebook_writes_sizes_latency_and_agreement(smoke_reports):

@@ -180,3 +180,22 @@ def test_qat_graph_keeps_batch_norm_eps_and_dropout_p():
         set_training(prepared, training)
         drops = [n.args[1:] for n in prepared.graph.nodes if n.target == torch.ops.aten.dropout.default]
         assert sorted(p for p, _ in drops) == [0.0, 0.0, 0.0, 0.0, 0.1] and {t for _, t in drops} == {training}
+
+
+def test_weight_bits_narrows_the_weight_grid_in_ptq_and_qat():
+    model = tiny_conv(batch_norm=False)
+    data = _batches(2, seed=8)
+    per_channel = "dequantize_per_channel"
+    for bits in (8, 4):
+        cfg = QuantConfig(weight_bits=bits)
+        prepared = prepare_ptq(model, (data[0],), cfg)
+        calibrate(prepared, data)
+        int8 = convert(prepared)
+        ranges = {(n.args[4], n.args[5]) for n in int8.graph.nodes if per_channel in str(n.target)}
+        assert ranges == {(-2 ** (bits - 1), 2 ** (bits - 1) - 1)}
+        qat = prepare_qat(model, (data[0],), QuantConfig(is_qat=True, weight_bits=bits))
+        weight_fq = [m for m in _fake_quantizers(qat) if m.qscheme == torch.per_channel_symmetric]
+        assert weight_fq and all((m.quant_min, m.quant_max) == (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
+                                 for m in weight_fq)
+    with pytest.raises(ValueError, match="weight_bits"):
+        QuantConfig(weight_bits=1)

@@ -67,7 +67,7 @@ def test_overrides_seed_and_smoke():
     ("stage1.batch_size=0", "stage1.batch_size must be >= 1"),
     ("stage1.lr=-1", "stage1.lr must be > 0"),
     ("curation.tau=1.5", "curation.tau must be in [0, 1]"),
-    ("curation.mode=median", "curation.mode must be 'threshold' or 'top_fraction'"),
+    ("curation.mode=median", "curation.mode must be 'threshold', 'top_fraction' or 'class_top_fraction'"),
     ("stage2.batch_size=1", "stage2.batch_size must be >= 2"),
     ("stage1.seed=3", "stage1.seed is set by the recipe itself"),
     ("teacher.benchmark={image_size: 32}", "teacher.benchmark is set by the recipe itself"),
@@ -105,3 +105,13 @@ def test_overrides_win_over_the_smoke_settings():
     r = load_recipe(overrides=["curation.top_fraction=0.8", "stage1.epochs=3"], smoke=True)
     assert r.smoke and r.curation.mode == "top_fraction" and r.curation.top_fraction == 0.8 and r.stage1.epochs == 3
     assert r.stage1.arch == "vit_tiny_test"
+
+
+def test_train_seed_reseeds_only_the_training_stages():
+    base = load_recipe("embedded_cpu")
+    r = load_recipe("embedded_cpu", ["train_seed=3"])
+    assert r.train_seed == 3 and r.stage1.seed == r.stage2.seed == 3
+    assert r.curation.seed == r.teacher.seed == r.data.benchmark.seed == base.seed
+    assert r.key("curation") == base.key("curation") and r.key("stage1") != base.key("stage1")
+    same = load_recipe("embedded_cpu", [f"train_seed={base.seed}"])
+    assert same.train_seed is None and same.hash == base.hash

@@ -202,3 +202,56 @@ def test_unknown_class_is_refused_before_rendering(tmp_path):
     with pytest.raises(ValueError, match="unicorn"):
         build_benchmark(cfg, root=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- uninformative frames
+
+
+def test_uninformative_frames_are_a_share_of_adapt_only_and_unlabelled(built: Path) -> None:
+    n_inf = render.informative_size(SMOKE, "adapt")
+    n_u = render.uninformative_size(SMOKE, "adapt")
+    assert n_u == round(SMOKE.uninformative * n_inf / (1 - SMOKE.uninformative)) > 0
+    assert render.uninformative_size(SMOKE, "eval") == render.uninformative_size(SMOKE, "teacher_pretrain") == 0
+    adapt = PairedFolder(built / "adapt")
+    kinds = adapt.meta["uninformative"]
+    assert len(adapt) == n_inf + n_u and len(kinds) == n_u
+    assert set(kinds.values()) == set(render.UNINFORMATIVE_KINDS)  # smoke: 8 frames cycle through all 5 kinds
+    for i, sid in enumerate(adapt.ids):
+        assert (adapt.labels[i] is None) == (sid in kinds)
+    assert all(lab is not None for lab in PairedFolder(built / "eval").labels)
+    assert json.loads((built / "benchmark.json").read_text())["uninformative"]["adapt"] == n_u
+
+
+def test_uninformative_frames_render_deterministically_and_look_uninformative() -> None:
+    cfg = dataclasses.replace(BenchmarkConfig(), image_size=32)
+    n = render.informative_size(cfg, "adapt")
+    for j, kind in enumerate(render.UNINFORMATIVE_KINDS):
+        a, k = render.render_uninformative(cfg, n + j)
+        b, _ = render.render_uninformative(cfg, n + j)
+        assert k == kind and all(np.array_equal(a[m], b[m]) for m in a)
+        assert a["rgb"].shape == (3, 32, 32) and a["depth"].shape == a["thermal"].shape == (1, 32, 32)
+        assert (a["depth"] > 0).any()  # the loader refuses an all-zero depth frame
+        if kind == "covered":
+            assert a["rgb"].mean() < 0.15 and (a["depth"] > 0).mean() < 0.1 and a["thermal"].std() < 1.0
+        if kind == "overexposed":
+            assert a["rgb"].mean() > 0.7
+        if kind == "underexposed":
+            assert a["rgb"].mean() < 0.1
+    # the labelled adapt samples keep their own random streams: adding frames changes none of them
+    none = dataclasses.replace(cfg, uninformative=0.0)
+    assert render.split_size(none, "adapt") == n
+    assert np.array_equal(render.render_sample(none, "adapt", 3).images["rgb"],
+                          render.render_sample(cfg, "adapt", 3).images["rgb"])
+
+
+def test_motion_blur_kernel_is_a_mean_of_shifted_copies() -> None:
+    x = np.zeros((5, 7))
+    x[2, 3] = 1.0
+    out = render._motion_blur(x, 3, 0.0)  # horizontal, length 3: the impulse spreads over 3 columns
+    np.testing.assert_allclose(out[2, 2:5], [1 / 3] * 3)
+    assert out.sum() == pytest.approx(1.0)
+
+
+def test_uninformative_share_is_validated() -> None:
+    with pytest.raises(ValueError, match="uninformative"):
+        BenchmarkConfig(uninformative=1.0)

@@ -2,6 +2,7 @@
 artifacts, and the ablation's evaluation, on a 16-image fake paired folder with a tiny conv student."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -19,7 +20,15 @@ from edgevl_lib.stage2 import (
     save_int8_student,
 )
 from edgevl_lib.students import create_student
-from edgevl_lib.train import fingerprint, train_stage2
+from edgevl_lib.train import (
+    _encode_first_views,
+    _FirstViewDataset,
+    fingerprint,
+    gradient_norm_ratio,
+    holdout_rows,
+    load_graph_weights,
+    train_stage2,
+)
 from helpers_fake import FAKE_CLASSES, FakeTeacher, make_fake_cache, make_paired_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,3 +214,119 @@ def test_the_control_rows_train_the_float_student_without_fake_quantization(setu
     again = train_stage2(dataclasses.replace(cfg, fake_quant=False), student, dataset, cache, pseudo,
                          out_dir=tmp_path / "float")  # finished: resumed, not retrained
     assert fingerprint(again.model) == fingerprint(control.model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options of the released code: bank mining, random negatives, triplet-only loss; diagnostics
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"mining": "memory"}, "mining"), ({"negatives": "hardest"}, "negatives"), ({"distill_weight": -1.0}, "distill"),
+    ({"distill_weight": 0.0, "contrastive_weight": 0.0}, "both be 0"), ({"holdout_fraction": 1.0}, "holdout"),
+    ({"grad_ratio_batches": -1}, "grad_ratio")])
+def test_stage2_config_refuses_impossible_options(override, match):
+    with pytest.raises(ValueError, match=match):
+        Stage2Config(**override)
+
+
+def test_gradient_norm_ratio_by_hand_on_a_linear_model():
+    # y = W x + b on a batch X (N x 3): L_c = Σ y, L_d = ½ Σ y². By hand: ∂L_c/∂W = 1ᵀX (each row),
+    # ∂L_c/∂b = N; ∂L_d/∂W = Yᵀ X, ∂L_d/∂b = Σ_i y_i.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(5, 3)
+    y = layer(x)
+    l_c, l_d = y.sum(), 0.5 * (y ** 2).sum()
+    with torch.no_grad():
+        y0 = layer(x)
+        g_c = torch.cat([torch.ones(2, 5).mm(x).flatten(), torch.full((2,), 5.0)])
+        g_d = torch.cat([y0.t().mm(x).flatten(), y0.sum(0)])
+    ratio = gradient_norm_ratio(l_c, l_d, list(layer.parameters()))
+    assert ratio == pytest.approx((g_c.norm() / g_d.norm()).item(), rel=1e-5)
+    assert all(p.grad is None for p in layer.parameters())  # nothing accumulated, the graph is kept:
+    (l_c + l_d).backward()
+    assert layer.bias.grad is not None
+    unused = torch.nn.Parameter(torch.ones(4))  # a parameter a term does not reach counts as zero
+    assert gradient_norm_ratio(layer(x).sum(), 0.5 * (layer(x) ** 2).sum(), [*layer.parameters(), unused]) == \
+        pytest.approx(ratio, rel=1e-6)
+
+
+def test_holdout_rows_are_a_seeded_disjoint_split():
+    train, held = holdout_rows(40, 0.25, seed=3)
+    assert len(held) == 10 and sorted(train + held) == list(range(40))
+    assert holdout_rows(40, 0.25, seed=3) == (train, held) and holdout_rows(40, 0.25, seed=4)[1] != held
+    with pytest.raises(ValueError, match="fewer than 2"):
+        holdout_rows(4, 0.9, seed=0)
+
+
+@pytest.mark.parametrize("contrastive", [1.0, 0.5])
+def test_distill_weight_zero_trains_on_the_triplet_loss_only(setup, vit, contrastive, tmp_path):
+    _, dataset, cache, _, pseudo, _, cfg = setup
+    one = dataclasses.replace(cfg, epochs=1, contrastive_weight=contrastive)
+    triplet_only = train_stage2(dataclasses.replace(one, distill_weight=0.0), vit, dataset, cache, pseudo,
+                                out_dir=tmp_path / "triplet")
+    record = triplet_only.history[0]
+    assert record["loss"] == pytest.approx(contrastive * record["parts"]["triplet"], rel=1e-6)
+    assert record["parts"]["triplet"] > 0 and record["grad_ratio"] is None  # one term: no ratio
+    both = train_stage2(one, vit, dataset, cache, pseudo, out_dir=tmp_path / "both").history[0]
+    assert both["loss"] == pytest.approx(both["parts"]["dual"] + contrastive * both["parts"]["triplet"], rel=1e-6)
+    assert both["grad_ratio"] > 0  # measured on the first cfg.grad_ratio_batches batches
+
+
+def test_first_view_passes_leave_the_qat_graph_untouched(setup, vit):
+    # The bank refresh / held-out passes: no fake quantizer observes; before any training step the quantizers
+    # have no ranges and are bypassed, so the features are the float student's.
+    _, dataset, cache, _, _, _, cfg = setup
+    prepared = quantize.prepare_qat(vit, vit.example_inputs(2), dataclasses.replace(cfg.quant, is_qat=True))
+    views = _FirstViewDataset(cache, dataset, 16, cfg.seed)
+    rows = list(range(len(views)))
+    before = _weights(prepared)
+    quantize.set_training(prepared, False)
+    features, targets = _encode_first_views(prepared, views, rows, ["rgb", "depth"], cfg, 16, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in _weights(prepared).items())
+    assert torch.equal(targets[3], torch.from_numpy(cache.embeddings[3, 0].astype("float32")))
+    float_features, _ = _encode_first_views(vit, views, rows, ["rgb", "depth"], cfg, 16, torch.device("cpu"))
+    assert torch.allclose(features["rgb"], float_features["rgb"], atol=1e-5)
+    quantize.set_training(prepared, True)
+    prepared(torch.rand(4, 3, 16, 16))  # one training forward: the quantizers observe and get ranges
+    quantize.set_training(prepared, False)
+    observed = _weights(prepared)
+    quantized, _ = _encode_first_views(prepared, views, rows, ["rgb"], cfg, 16, torch.device("cpu"))
+    assert all(torch.equal(observed[k], v) for k, v in _weights(prepared).items())
+    assert not torch.allclose(quantized["rgb"], float_features["rgb"], atol=1e-5)  # now fake-quantized
+
+
+def test_bank_mining_random_negatives_and_holdout_selection(setup, vit, tmp_path):
+    _, dataset, cache, _, pseudo, _, cfg = setup
+    cfg = dataclasses.replace(cfg, epochs=3, mining="bank", negatives="random", holdout_fraction=0.25)
+    full = train_stage2(cfg, vit, dataset, cache, pseudo, out_dir=tmp_path / "full")
+    assert [h["epoch"] for h in full.history] == [1, 2, 3]
+    for record in full.history:
+        assert record["images"] == 8 and record["steps"] == 1  # 12 training images (4 held out), drop_last
+        assert record["mined"] >= record["anchors"] > 0
+        assert record["grad_ratio"] > 0 and record["bank_seconds"] > 0
+        assert set(record["holdout"]) == {"rgb", "depth"}
+        assert record["holdout_score"] == pytest.approx(sum(record["holdout"].values()) / 2)
+    scores = [h["holdout_score"] for h in full.history]
+    assert full.chosen_epoch == 1 + scores.index(max(scores))
+    best = full.checkpoint_dir / f"best_{full.chosen_epoch:04d}.safetensors"
+    assert [p.name for p in full.checkpoint_dir.glob("best_*")] == [best.name]
+    kept = load_graph_weights(copy.deepcopy(full.model), best)
+    assert fingerprint(kept) == fingerprint(full.model)  # the returned model is the chosen epoch's
+
+    # deterministic and resumable: the bank is rebuilt from the epoch's weights, the draws are seeded per epoch
+    def stop_after_first_epoch(record, model):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage2(cfg, vit, dataset, cache, pseudo, out_dir=tmp_path / "cut", callbacks=[stop_after_first_epoch])
+    resumed = train_stage2(cfg, vit, dataset, cache, pseudo, out_dir=tmp_path / "cut")
+    strip = ("seconds", "bank_seconds")
+    assert [{k: v for k, v in h.items() if k not in strip} for h in resumed.history] == \
+        [{k: v for k, v in h.items() if k not in strip} for h in full.history]
+    assert resumed.chosen_epoch == full.chosen_epoch and fingerprint(resumed.model) == fingerprint(full.model)
+    nearest = train_stage2(dataclasses.replace(cfg, epochs=1, negatives="nearest"), vit, dataset, cache, pseudo,
+                           out_dir=tmp_path / "nearest")
+    assert nearest.history[0]["mined"] == full.history[0]["mined"]  # min(J, |band|) per anchor either way

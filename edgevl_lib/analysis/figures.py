@@ -43,14 +43,19 @@ def _class_colours(num_classes: int) -> np.ndarray:
 
 
 def angle_distribution_figure(angles: Mapping[str, Mapping[str, ArrayLike]], variants: Sequence[str] | None = None,
-                              modalities: Sequence[str] | None = None, title: str = "") -> Any:
+                              modalities: Sequence[str] | None = None, title: str = "",
+                              ylabel: str = "angle(image, text of its label)  [deg]",
+                              reference: float | None = None) -> Any:
     """Violins of the feature angles: one panel per modality, one violin (colour) per variant, means annotated.
 
     Args:
-        angles: {variant: {modality: N angles}} (`variant_angles`; NaN = unknown label, left out).
+        angles: {variant: {modality: N angles}} (`variant_angles`, or the margins of `variant_margin_angles`;
+            NaN = unknown label, left out).
         variants: order of the violins (default: order of `angles`).
         modalities: panels (default: the modalities of the first variant).
         title: figure title.
+        ylabel: label of the shared y axis.
+        reference: y of a dashed horizontal line (e.g. 0 for margins: below it the label's text is the nearest).
 
     Returns:
         A Figure with one axes per modality.
@@ -82,10 +87,12 @@ def angle_distribution_figure(angles: Mapping[str, Mapping[str, ArrayLike]], var
             ax.scatter([i], [a.mean()], color=colour, edgecolors="k", zorder=3, s=28)
             ax.annotate(f"{a.mean():.1f}°", (i, a.mean()), xytext=(0, 8), textcoords="offset points", ha="center",
                         fontsize=7)
+        if reference is not None:
+            ax.axhline(reference, color="0.4", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(variants)), variants)
         ax.set_title(m, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("angle(image, text of its label)  [deg]")
+    axes[0][0].set_ylabel(ylabel)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -5,6 +5,10 @@ modality, u_c = n(text embedding of class c), y_i its (pseudo-)label (-1 = unkno
 are the N x D student and teacher embeddings of the same N samples (row i of both = sample i).
 
     feature angle (EdgeVL):  theta_i = arccos(clamp(v_i . u_{y_i}, -1, 1)) * 180 / pi      (degrees)
+    margin angle:            mu_i = theta_{i, y_i} - min_{c != y_i} theta_{i, c}            (degrees, in [-180, 180])
+
+theta_{i, c} is the angle between v_i and u_c. mu_i < 0: the label's text is the nearest class text (the
+cosine zero-shot prediction is right); mu_i > 0: another class's text is nearer by mu_i degrees (wrong).
 
 EdgeVL (Cai et al., ECCV 2024) compares the mean angle of the model variants: post-training quantization (PTQ) of
 the fp32 stage-1 student opens the angle between image features and the text feature of their label, stage 2
@@ -27,6 +31,8 @@ target it was distilled to; `target="rgb"`) or with the teacher's own embeddings
 >>> v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]); u = torch.eye(2)
 >>> feature_angles(v, torch.tensor([0, 0, -1]), u)
 tensor([ 0., 90., nan])
+>>> margin_angles(v, torch.tensor([0, 0, -1]), u)
+tensor([-90.,  90.,  nan])
 """
 from __future__ import annotations
 
@@ -71,6 +77,15 @@ def _labels(labels: ArrayLike | Sequence[int | None], n: int, num_classes: int) 
     return y
 
 
+def _angle_inputs(img_emb: ArrayLike, labels: ArrayLike | Sequence[int | None],
+                  text_emb: ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N x D image embeddings, N labels, C x D text embeddings), float64 / long, validated."""
+    img, text = _matrix(img_emb, "img_emb"), _matrix(text_emb, "text_emb")
+    if img.shape[1] != text.shape[1]:
+        raise ValueError(f"image embeddings are {img.shape[1]}-d but text embeddings {text.shape[1]}-d")
+    return img, _labels(labels, len(img), len(text)), text
+
+
 def feature_angles(img_emb: ArrayLike, labels: ArrayLike | Sequence[int | None], text_emb: ArrayLike) -> torch.Tensor:
     """Angle in degrees between each image embedding and the text embedding of its label (EdgeVL).
 
@@ -92,10 +107,7 @@ def feature_angles(img_emb: ArrayLike, labels: ArrayLike | Sequence[int | None],
     >>> feature_angles(torch.tensor([[1.0, 3 ** 0.5], [1.0, 0.0]]), [0, 1], torch.eye(2)).round()
     tensor([60., 90.])
     """
-    img, text = _matrix(img_emb, "img_emb"), _matrix(text_emb, "text_emb")
-    if img.shape[1] != text.shape[1]:
-        raise ValueError(f"image embeddings are {img.shape[1]}-d but text embeddings {text.shape[1]}-d")
-    y = _labels(labels, len(img), len(text))
+    img, y, text = _angle_inputs(img_emb, labels, text_emb)
     known = y >= 0
     out = torch.full((len(img),), float("nan"), dtype=torch.float64)
     cos = (F.normalize(img[known], dim=-1) * F.normalize(text[y[known]], dim=-1)).sum(dim=-1).clamp(-1.0, 1.0)
@@ -112,6 +124,54 @@ def variant_angles(emb: Mapping[str, Mapping[str, ArrayLike]], labels: ArrayLike
     tensor([ 0., 90.])
     """
     return {v: {m: feature_angles(x, labels, text_emb) for m, x in per_mod.items()} for v, per_mod in emb.items()}
+
+
+def margin_angles(img_emb: ArrayLike, labels: ArrayLike | Sequence[int | None], text_emb: ArrayLike) -> torch.Tensor:
+    """Margin angle in degrees: the angle to the label's text minus the smallest angle to any other class text.
+
+        theta_{i, c} = arccos(clamp(n(v_i) . n(u_c), -1, 1)) * 180 / pi
+        mu_i = theta_{i, y_i} - min_{c != y_i} theta_{i, c}
+
+    computed in float64. mu_i < 0: the label's text is the nearest class text by |mu_i| degrees (arccos is
+    decreasing, so this is the cosine zero-shot prediction being right); mu_i > 0: another class is nearer by
+    mu_i degrees (wrong); 0: a tie. Smaller is better, as for `feature_angles`, but unlike the plain angle the
+    margin also sees how close the other classes are.
+
+    Args:
+        img_emb: N x D image embeddings (normalised here).
+        labels: N (pseudo-)labels indexing the rows of `text_emb`; -1 or None = unknown.
+        text_emb: C x D class text embeddings, C >= 2 (normalised here).
+
+    Returns:
+        N float32 margins in [-180, 180]; rows with an unknown label are NaN (row i stays sample i).
+
+    Raises:
+        ValueError: shapes disagree, fewer than 2 classes, or a label is neither -1 nor a row of `text_emb`.
+
+    >>> u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # classes at 0, 90 and 180 deg
+    >>> margin_angles(torch.tensor([[3 ** 0.5, 1.0], [3 ** 0.5, 1.0]]), [0, 1], u).round()  # the image at 30 deg
+    tensor([-30.,  30.])
+    """
+    img, y, text = _angle_inputs(img_emb, labels, text_emb)
+    if len(text) < 2:
+        raise ValueError(f"the margin angle needs at least 2 classes (another class to compare with), got {len(text)}")
+    known = y >= 0
+    out = torch.full((len(img),), float("nan"), dtype=torch.float64)
+    cos = (F.normalize(img[known], dim=-1) @ F.normalize(text, dim=-1).T).clamp(-1.0, 1.0)
+    theta = torch.rad2deg(torch.arccos(cos))  # N_known x C
+    own = y[known].unsqueeze(1)
+    out[known] = theta.gather(1, own).squeeze(1) - theta.scatter(1, own, math.inf).min(dim=1).values
+    return out.float()
+
+
+def variant_margin_angles(emb: Mapping[str, Mapping[str, ArrayLike]], labels: ArrayLike | Sequence[int | None],
+                          text_emb: ArrayLike) -> dict[str, dict[str, torch.Tensor]]:
+    """`margin_angles` for every variant and modality: {variant: {modality: N margins}}.
+
+    >>> variant_margin_angles({"fp32": {"rgb": torch.eye(2)}}, [0, 0], torch.eye(2))["fp32"]["rgb"]
+    tensor([-90.,  90.])
+    """
+    return {v: {m: margin_angles(x, labels, text_emb) for m, x in per_mod.items()} for v, per_mod in emb.items()}
 
 
 def _angle_stats(angles: ArrayLike) -> dict[str, float]:
@@ -339,21 +399,44 @@ ANGLE_CLAIMS: dict[str, tuple[str, str, int]] = {
 }
 """The paper's angle claims, tested on the per-sample mean angle over the trained modalities (degrees)."""
 
+MARGIN = "_margin"
+"""Suffix of the margin rows and claims: row `stage2_margin` = the margins of variant `stage2` (`claim_rows`)."""
 
-def analysis_metrics(angles: Mapping[str, Mapping[str, ArrayLike]],
-                     scores: RepresentationScores | None = None) -> dict[str, Any]:
+MARGIN_CLAIMS: dict[str, tuple[str, str, int]] = {
+    name + MARGIN: (a + MARGIN, b + MARGIN, sign) for name, (a, b, sign) in ANGLE_CLAIMS.items()}
+"""The same claims on the margin angle (same signs: a smaller margin = nearer the label's text relative to the
+other classes), e.g. `stage2_angle_below_fp32_margin`: mu_3 < mu_1."""
+
+
+def claim_rows(angles: Mapping[str, Any], margins: Mapping[str, Any]) -> dict[str, Any]:
+    """The rows of {**ANGLE_CLAIMS, **MARGIN_CLAIMS}: the angles under their variant names and the margins under
+    `<variant>_margin`, so `stats.claims` tests all six in one Holm family.
+
+    >>> sorted(claim_rows({"fp32": {}}, {"fp32": {}}))
+    ['fp32', 'fp32_margin']
+    """
+    return {**angles, **{v + MARGIN: per_mod for v, per_mod in margins.items()}}
+
+
+def analysis_metrics(angles: Mapping[str, Mapping[str, ArrayLike]], scores: RepresentationScores | None = None,
+                     margins: Mapping[str, Mapping[str, ArrayLike]] | None = None) -> dict[str, Any]:
     """The metrics.json block of notebook 04.
 
     Returns:
         {"angle_deg": {variant: {modality: mean angle}}, "angle_stats": {variant: {modality: {mean, median,
-        std, n}}}, and with `scores`: "m_rel" / "m_neigh": {variant: mean over modalities},
+        std, n}}}, with `margins` (`variant_margin_angles`): "margin_angle_deg" / "margin_angle_stats", the
+        same for the margin angles, and with `scores`: "m_rel" / "m_neigh": {variant: mean over modalities},
         "m_rel_by_modality" / "m_neigh_by_modality": {variant: {modality: value}}, "representation": {target,
         k, n, method, m_neigh_chance}}.
 
     >>> analysis_metrics({"fp32": {"rgb": torch.tensor([10.0, 20.0])}})["angle_deg"]
     {'fp32': {'rgb': 15.0}}
+    >>> analysis_metrics({}, margins={"fp32": {"rgb": torch.tensor([-10.0, 20.0])}})["margin_angle_deg"]
+    {'fp32': {'rgb': 5.0}}
     """
     out: dict[str, Any] = {"angle_deg": angle_summary(angles, "mean"), "angle_stats": angle_summary(angles)}
+    if margins is not None:
+        out.update({"margin_angle_deg": angle_summary(margins, "mean"), "margin_angle_stats": angle_summary(margins)})
     if scores is not None:
         out.update({"m_rel": scores.mean("m_rel"), "m_neigh": scores.mean("m_neigh"),
                     "m_rel_by_modality": scores.m_rel, "m_neigh_by_modality": scores.m_neigh,

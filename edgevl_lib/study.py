@@ -1,0 +1,409 @@
+"""Studies: what one run cannot answer (training seeds, curation settings), as commands that write reports/study/.
+
+    python -m edgevl_lib.study seeds     [--recipe R] [--seeds 0 1 2] [--config NAME=k=v,k=v ...]
+    python -m edgevl_lib.study curation  [--recipe R] [--holdout 0.2] [--equal-steps] [--settings MODE:VALUE ...]
+
+**Seeds** (`seed_study`, reports/study/metrics.json). For each configuration c (the recipe plus overrides; default
+`default` and `headroom_w4`, the recipe with 4-bit weights) and each training seed s (`Recipe.train_seed`: data,
+teacher and curation stay those of the recipe's seed), stage 1 and stage 2 run (or are reused from the cache) and
+the ablation table is evaluated on the eval split. With x_{c,s,r,i} the paper-average score of row r on eval
+sample i (mean over the trained modalities of the 0/1 zero-shot outcome):
+
+    row mean +- sd over seeds:   a_{c,s,r} = mean_i x_{c,s,r,i};  mean_s a, sd_s a (ddof 1)
+    claim (a - b), per seed:     d_s = a_{c,s,a} - a_{c,s,b}; t interval mean(d) +- t_{.975, S-1} sd(d) / sqrt(S)
+    pooled claim test:           paired bootstrap over samples i of xbar_{c,r,i} = mean_s x_{c,s,r,i} (rows a, b),
+                                 Holm over the claims of a configuration -> verdict (holds / contradicted / not
+                                 significant); `seeds_holding` counts the seeds whose own test (McNemar, Holm)
+                                 holds.
+
+**Curation** (`curation_study`, reports/study/curation/metrics.json). A seeded share `holdout` of the adapt split is
+set aside (never trained on). The teacher's stored embeddings of K views are built once for the rest; each setting
+(mode, value) curates from the same scores, trains the recipe's stage-1 student on its kept images, and is scored
+label-free on the held-out images: teacher agreement
+
+    agree_i = mean_{m in trained modalities} [argmax_k cos(S(x_i^m), t_k) == pseudo_i],   k over the superset
+
+(pseudo_i: the teacher's RGB pseudo-label). The setting with the highest mean agreement is the one to use; paired
+bootstrap tests against it (Holm) say which others are indistinguishable. Eval-split zero-shot of each student is
+reported beside it, never used to choose.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import stats, utils
+from .cache import build_embedding_cache
+from .curation import (build_prompts, curate_by_confidence, curation_report, known_uninformative, load_descriptions,
+                       load_label_superset, load_templates, prompt_ensemble)
+from .data import preload
+from .evaluate import embed_model
+from .pipeline import CurationArtifacts, run_curation, run_stage1, run_stage2
+from .recipe import DEFAULT_RECIPE, Recipe, load_recipe
+from .stage2 import CLAIMS as STAGE2_CLAIMS, evaluate_variants
+from .train import train_stage1
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+DEFAULT_CONFIGS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "headroom_w4": ("stage2.quant.weight_bits=4",),
+}
+"""Configuration name -> overrides on the recipe. `headroom_w4`: W4A8 (4-bit weights, int8 activations), a
+configuration where post-training quantization costs accuracy, so stage 2 has something to recover."""
+
+DEFAULT_CURATION_SETTINGS: tuple[tuple[str, float], ...] = (
+    ("threshold", 0.25), ("threshold", 0.5), ("threshold", 0.7),
+    ("top_fraction", 0.25), ("top_fraction", 0.5), ("top_fraction", 0.75),
+    ("class_top_fraction", 0.25), ("class_top_fraction", 0.5), ("class_top_fraction", 0.75),
+)
+"""(mode, tau or fraction): the paper's threshold sweep (0.25 is its default), the released code's top fraction and
+the class-balanced top fraction."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics over seeds
+# ----------------------------------------------------------------------------------------------
+
+
+def t_interval(values: Sequence[float], alpha: float = stats.ALPHA) -> dict[str, float]:
+    """Mean, sd (ddof 1) and the t interval `mean +- t_{1-alpha/2, n-1} sd / sqrt(n)` of per-seed values, with the
+    one-sample t test's p against 0 (scipy.stats.ttest_1samp); sd / interval / p are nan for one value."""
+    from scipy import stats as sst
+
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "sd": float("nan"), "lo": float("nan"), "hi": float("nan"), "p": float("nan"), "n": 1}
+    sd = float(x.std(ddof=1))
+    half = float(sst.t.ppf(1 - alpha / 2, len(x) - 1)) * sd / np.sqrt(len(x))
+    p = float(sst.ttest_1samp(x, 0.0).pvalue) if sd > 0 else (0.0 if mean != 0 else 1.0)
+    return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "p": p, "n": int(len(x))}
+
+
+def claims_over_seeds(per_seed_scores: Sequence[Mapping[str, np.ndarray]],
+                      spec: Mapping[str, tuple[str, str, int]] = STAGE2_CLAIMS, seed: int = 0) -> dict[str, Any]:
+    """The claims of `spec` over seeds (module docstring): per-seed diffs and their t interval, the pooled paired
+    bootstrap on seed-averaged per-sample scores with Holm's correction and its verdict, and `seeds_holding`.
+
+    Args:
+        per_seed_scores: one {row: N x M per-sample scores} per seed (`stats.paper_scores`), same samples.
+        spec: {claim: (row a, row b, expected sign)}.
+    """
+    pooled = {r: np.mean([np.asarray(s[r], dtype=np.float64) for s in per_seed_scores], axis=0)
+              for r in per_seed_scores[0]}
+    pooled_claims = stats.claims(spec, pooled, binary=False, seed=seed)
+    per_seed = [stats.claims(spec, s, seed=seed) for s in per_seed_scores]
+    out = {}
+    for name, (a, b, sign) in spec.items():
+        diffs = [c[name]["diff"] for c in per_seed]
+        out[name] = {**pooled_claims[name], "test": "paired bootstrap of seed-averaged scores",
+                     "per_seed_diff": diffs, "over_seeds": t_interval(diffs),
+                     "seeds_holding": sum(c[name]["verdict"] == "holds" for c in per_seed),
+                     "seeds_contradicted": sum(c[name]["verdict"] == "contradicted" for c in per_seed)}
+    return out
+
+
+def rows_over_seeds(per_seed_tables: Sequence[Mapping[str, Mapping[str, float]]], column: str = "paper_avg"
+                    ) -> dict[str, dict[str, Any]]:
+    """{row: {mean, sd, lo, hi, values}} of one table column over seeds (t interval, `t_interval`)."""
+    rows = per_seed_tables[0].keys()
+    out = {}
+    for r in rows:
+        values = [float(t[r][column]) for t in per_seed_tables]
+        iv = t_interval(values)
+        out[r] = {"mean": iv["mean"], "sd": iv["sd"], "lo": iv["lo"], "hi": iv["hi"], "values": values}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The seed study
+# ----------------------------------------------------------------------------------------------
+
+
+def _one_seed(recipe: Recipe) -> dict[str, Any]:
+    """Stage 1 + stage 2 of one recipe (reused from the cache when built) and its ablation table on eval."""
+    art = run_curation(recipe)
+    stage1 = run_stage1(art, recipe)
+    student = stage1.student.cpu().eval()
+    variants = run_stage2(art, student, recipe)
+    evalset = preload(art.evalset)
+    models = {"stage1_fp32": student, **variants.models, **variants.controls}
+    trained = list(recipe.stage2.modalities)
+    table, outcomes = evaluate_variants(models, evalset, art.class_text, list(evalset.modalities),
+                                        recipe.stage1.encodings, trained)
+    return {"table": table, "scores": stats.paper_scores(outcomes, trained), "history": variants.history,
+            "stage2_folder": str(variants.folder), "curated": len(art.cache)}
+
+
+def seed_study(recipe: str | Path = DEFAULT_RECIPE, seeds: Sequence[int] = DEFAULT_SEEDS,
+               configs: Mapping[str, Sequence[str]] | None = None, overrides: Sequence[str] = (),
+               out_dir: str | Path | None = None, smoke: bool = False) -> dict[str, Any]:
+    """Run every configuration for every training seed and write `<out_dir>/metrics.json` and figures.
+
+    Args:
+        recipe: a shipped recipe name or a YAML path.
+        seeds: training seeds (`Recipe.train_seed`).
+        configs: {name: overrides}; default DEFAULT_CONFIGS.
+        overrides: applied to every configuration, before its own.
+        out_dir: default reports/study.
+        smoke: the recipe's tiny configuration (tests).
+
+    Returns:
+        The metrics dict (also written): seeds, configs, per-seed tables, rows over seeds, claims over seeds and
+        `headroom` (ptq_int8 - stage1_fp32 of the `headroom_w4` configuration, when run).
+    """
+    configs = dict(DEFAULT_CONFIGS if configs is None else configs)
+    out = utils.resolve_out_dir(out_dir, "study")
+    for name, extra in configs.items():  # refuse a bad configuration before any work starts
+        load_recipe(recipe, [*overrides, *extra], smoke=smoke)
+    start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name, extra in configs.items():
+        runs = []
+        for s in utils.progress(seeds, desc=f"study {name}", total=len(seeds)):
+            r = load_recipe(recipe, [*overrides, *extra, f"train_seed={s}"], smoke=smoke)
+            t0 = time.perf_counter()
+            runs.append({"seed": s, "recipe_hash": r.hash, **_one_seed(r), "seconds": time.perf_counter() - t0})
+            log.info("study %s seed %d: paper avg %s (%.0f s)", name, s,
+                     {k: round(v["paper_avg"], 3) for k, v in runs[-1]["table"].items()}, runs[-1]["seconds"])
+        results[name] = {
+            "overrides": [*overrides, *extra],
+            "recipe": load_recipe(recipe, [*overrides, *extra], smoke=smoke).record(),
+            "per_seed": [{k: v for k, v in run.items() if k != "scores"} for run in runs],
+            "rows": rows_over_seeds([run["table"] for run in runs]),
+            "claims": claims_over_seeds([run["scores"] for run in runs]),
+        }
+    metrics: dict[str, Any] = {"seeds": list(seeds), "configs": results,
+                               "seconds": round(time.perf_counter() - start, 1)}
+    for name, res in results.items():
+        ptq = [t["table"]["ptq_int8"]["paper_avg"] - t["table"]["stage1_fp32"]["paper_avg"] for t in res["per_seed"]]
+        res["ptq_minus_fp32"] = t_interval(ptq)
+    if "headroom_w4" in results:
+        metrics["headroom"] = {"config": "headroom_w4", **results["headroom_w4"]["ptq_minus_fp32"],
+                               "ptq_minus_fp32": results["headroom_w4"]["ptq_minus_fp32"]["mean"]}
+    from . import plots
+
+    utils.save_figure(plots.seed_rows({n: r["rows"] for n, r in results.items()}), out, "rows_over_seeds")
+    utils.save_figure(plots.seed_claims({n: r["claims"] for n, r in results.items()}), out, "claims_over_seeds")
+    utils.save_metrics(out, metrics)
+    (out / "table.md").write_text(results_table(metrics), encoding="utf-8")
+    return metrics
+
+
+def results_table(metrics: Mapping[str, Any]) -> str:
+    """The study as Markdown (the README's results section): rows mean +- sd, then each claim with its verdict."""
+    lines = []
+    seeds = metrics["seeds"]
+    for name, res in metrics["configs"].items():
+        lines += [f"**{name}** ({', '.join(res['overrides']) or 'the recipe as shipped'}; {len(seeds)} seeds "
+                  f"{seeds}; paper average = mean of RGB and depth zero-shot top-1 on the eval split)", "",
+                  "| row | mean | sd | per seed |", "|---|---|---|---|"]
+        for row, v in res["rows"].items():
+            lines.append(f"| {row} | {v['mean']:.3f} | {v['sd']:.3f} | {' '.join(f'{x:.3f}' for x in v['values'])} |")
+        lines += ["", "| claim | a - b (pts) | 95 % CI (samples) | Holm p | verdict | seeds holding | "
+                      "over seeds mean [t 95 % CI] |", "|---|---|---|---|---|---|---|"]
+        for claim, c in res["claims"].items():
+            o = c["over_seeds"]
+            lines.append(f"| {claim} | {100 * c['diff']:+.2f} | [{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}] | "
+                         f"{c['p_holm']:.3g} | {c['verdict']} | {c['seeds_holding']} / {len(seeds)} | "
+                         f"{100 * o['mean']:+.2f} [{100 * o['lo']:+.2f}, {100 * o['hi']:+.2f}] |")
+        p = res["ptq_minus_fp32"]
+        lines += ["", f"PTQ - fp32: {100 * p['mean']:+.2f} pts (t 95 % CI over seeds {100 * p['lo']:+.2f}, "
+                      f"{100 * p['hi']:+.2f}).", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The curation study
+# ----------------------------------------------------------------------------------------------
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices), both ascending: a seeded random `round(fraction n)` are held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    k = int(round(fraction * n))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def superset_text(art: CurationArtifacts, recipe: Recipe) -> torch.Tensor:
+    """The teacher's prompt-ensembled text embeddings of the curation superset (what the pseudo-labels index)."""
+    cfg = recipe.curation
+    descriptions = load_descriptions(cfg.descriptions) if cfg.descriptions else None
+    prompts = build_prompts(load_label_superset(cfg.superset), load_templates(cfg.templates), descriptions)
+    return prompt_ensemble(art.teacher, prompts)
+
+
+def teacher_agreement(emb: Mapping[str, torch.Tensor], text: torch.Tensor, pseudo: Sequence[int],
+                      modalities: Sequence[str]) -> np.ndarray:
+    """Per image: the share of `modalities` whose zero-shot prediction over `text` equals the pseudo-label
+    (`agree_i` of the module docstring)."""
+    p = torch.as_tensor(list(pseudo))
+    hits = [(torch.nn.functional.normalize(emb[m].float(), dim=1) @ text.float().T).argmax(1).eq(p).double()
+            for m in modalities]
+    return torch.stack(hits, 1).mean(1).numpy()
+
+
+def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple[str, float]] | None = None,
+                   holdout: float = 0.2, overrides: Sequence[str] = (), out_dir: str | Path | None = None,
+                   smoke: bool = False, equal_steps: bool = False) -> dict[str, Any]:
+    """Every curation setting's downstream stage-1 student, scored by teacher agreement on held-out adapt images
+    (module docstring); writes `<out_dir>/metrics.json` (default reports/study/curation, or .../curation_equal_steps).
+
+    At the recipe's epochs a setting that keeps fewer images also trains fewer steps, so the sweep mixes the
+    curation with the training budget. `equal_steps` is the control: setting s trains
+    `E_s = max(1, round(E N_max / N_s))` epochs (N_s its training images, N_max the largest N_s of the sweep), so
+    every student takes about the same number of optimizer steps.
+
+    Returns:
+        {"holdout", "settings": {name: {curation report, holdout_agreement, ci, eval paper average}},
+        "chosen", "vs_chosen" (paired tests against it)}.
+    """
+    settings = list(DEFAULT_CURATION_SETTINGS if settings is None else settings)
+    r = load_recipe(recipe, overrides, smoke=smoke)
+    out = utils.resolve_out_dir(out_dir, "study/curation_equal_steps" if equal_steps else "study/curation")
+    start = time.perf_counter()
+    art = run_curation(r)
+    adapt, result = art.adapt, art.result
+    train_idx, held_idx = holdout_split(len(adapt), holdout, r.seed)
+    text = superset_text(art, r)
+    uninformative = known_uninformative(adapt)
+    cur = r.curation
+    pool = build_embedding_cache(art.teacher, adapt, [int(i) for i in train_idx], views=cur.views, seed=cur.seed,
+                                 batch_size=cur.cache_batch_size, crop_scale=cur.crop_scale,
+                                 crop_ratio=cur.crop_ratio, out_size=cur.view_size)
+    held = torch.utils.data.Subset(adapt, [int(i) for i in held_idx])
+    held_pseudo = [result.all_pseudo_labels[i] for i in held_idx]
+    evalset = preload(art.evalset)
+    trained = list(r.stage1.modalities)
+    train_set = set(int(i) for i in train_idx)
+    folder = utils.cache_dir() / "study" / "curation" / r.key("stage1", embeddings=pool.meta.get("key"),
+                                                             holdout=[holdout, r.seed])
+    train_data = preload(adapt, r.stage1.modalities)
+    curated = {}
+    for mode, value in settings:
+        kw = {"tau": value} if mode == "threshold" else {"top_fraction": value}
+        curated[(mode, value)] = curate_by_confidence(result.confidences, result.all_pseudo_labels, list(adapt.ids),
+                                                      result.superset, mode, **kw)
+    n_max = max(sum(i in train_set for i in res.kept) for res in curated.values())
+    rows: dict[str, Any] = {}
+    agree: dict[str, np.ndarray] = {}
+    eval_scores: dict[str, np.ndarray] = {}
+    for mode, value in utils.progress(settings, desc="curation study", total=len(settings)):
+        name = f"{mode}_{value:.2f}"
+        res = curated[(mode, value)]
+        report = curation_report(res, adapt.labels, adapt.class_names, result.superset, uninformative)
+        kept_train = [adapt.ids[i] for i in res.kept if i in train_set]
+        if len(kept_train) < r.stage1.batch_size:
+            log.warning("curation study %s: %d training images, fewer than one batch: skipped", name, len(kept_train))
+            rows[name] = {"mode": mode, "value": value, "trained_images": len(kept_train), "skipped": True}
+            continue
+        t0 = time.perf_counter()
+        epochs = max(1, round(r.stage1.epochs * n_max / len(kept_train))) if equal_steps else r.stage1.epochs
+        sub = folder / f"{name}_e{epochs}"
+        trained_run = train_stage1(dataclasses.replace(r.stage1, epochs=epochs, checkpoint_dir=str(sub / "checkpoints")),
+                                   train_data, pool.select(kept_train), out_dir=sub)
+        student = trained_run.student.cpu().eval()
+        emb, _ = embed_model(student, held, trained, r.stage1.encodings)
+        agree[name] = teacher_agreement(emb, text, held_pseudo, trained)
+        table, outcomes = evaluate_variants({name: student}, evalset, art.class_text, trained, r.stage1.encodings,
+                                            trained)
+        eval_scores[name] = stats.paper_scores(outcomes, trained)[name]
+        rows[name] = {"mode": mode, "value": value, "trained_images": len(kept_train), "epochs": epochs,
+                      "steps": epochs * -(-len(kept_train) // r.stage1.batch_size),
+                      **{k: report[k] for k in ("kept", "total", "kept_fraction", "kept_pseudo_acc", "classes_kept",
+                                                "classes_total", "pseudo_classes_kept", "uninformative")},
+                      "holdout_agreement": float(agree[name].mean()),
+                      "holdout_agreement_ci": stats.bootstrap_ci(agree[name], seed=r.seed),
+                      "eval_paper_avg": table[name]["paper_avg"],
+                      "eval_paper_avg_ci": stats.bootstrap_ci(eval_scores[name], seed=r.seed),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("curation study %s: %d trained, held-out agreement %.3f, eval paper avg %.3f", name,
+                 len(kept_train), rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
+    ran = [n for n in rows if not rows[n].get("skipped")]
+    if not ran:
+        raise ValueError(f"curation study: every setting keeps fewer than {r.stage1.batch_size} training images")
+    chosen = max(ran, key=lambda n: rows[n]["holdout_agreement"])
+    others = [n for n in ran if n != chosen]
+    metrics = {
+        "holdout": {"fraction": holdout, "images": len(held_idx), "seed": r.seed,
+                    "uninformative": int(sum(adapt.ids[i] in set(uninformative) for i in held_idx))},
+        "selection": "highest mean teacher agreement on the held-out adapt images (label-free); eval never used",
+        "equal_steps": equal_steps,
+        "settings": rows, "chosen": chosen,
+        "vs_chosen_holdout": stats.compare_rows(agree, [(chosen, n) for n in others], binary=False, seed=r.seed),
+        "vs_chosen_eval": stats.compare_rows(eval_scores, [(chosen, n) for n in others], binary=False, seed=r.seed),
+        "recipe": r.record(), "seconds": round(time.perf_counter() - start, 1),
+    }
+    from . import plots
+
+    utils.save_figure(plots.curation_study({n: rows[n] for n in ran}, chosen), out, "curation_study")
+    utils.save_metrics(out, metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_configs(items: Sequence[str] | None) -> dict[str, tuple[str, ...]] | None:
+    """`NAME=k=v,k=v` (or just NAME for the recipe as is) -> {NAME: (k=v, ...)}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, rest = item.partition("=")
+        out[name] = tuple(x for x in rest.split(",") if x) if rest else ()
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgevl_lib.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", choices=["seeds", "curation"])
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="k=v on every configuration")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--config", action="append", help="NAME=k=v,k=v (repeatable); default: "
+                        + "; ".join(f"{k}={','.join(v)}" for k, v in DEFAULT_CONFIGS.items()))
+    parser.add_argument("--holdout", type=float, default=0.2)
+    parser.add_argument("--equal-steps", action="store_true", help="curation: the same optimizer steps per setting")
+    parser.add_argument("--settings", nargs="+", help="curation: MODE:VALUE ... (default: the 9 of the module)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.study == "seeds":
+        m = seed_study(args.recipe, args.seeds, _parse_configs(args.config), args.overrides, args.out, args.smoke)
+        print(results_table(m))
+    else:
+        settings = [(x.split(":")[0], float(x.split(":")[1])) for x in args.settings] if args.settings else None
+        m = curation_study(args.recipe, settings, args.holdout, args.overrides, args.out, args.smoke, args.equal_steps)
+        for name, row in m["settings"].items():
+            if row.get("skipped"):
+                print(f"{name}: skipped ({row['trained_images']} training images)")
+                continue
+            acc = "n/a" if row["kept_pseudo_acc"] is None else f"{row['kept_pseudo_acc']:.3f}"
+            print(f"{name}: kept {row['kept']}/{row['total']}, pseudo acc {acc}, "
+                  f"classes {row['classes_kept']}/{row['classes_total']}, uninformative discarded "
+                  f"{row['uninformative']['discarded']}/{row['uninformative']['total']}, held-out agreement "
+                  f"{row['holdout_agreement']:.3f}, eval paper avg {row['eval_paper_avg']:.3f}")
+        print("chosen (held-out agreement):", m["chosen"])
+    print(json.dumps({"seconds": m["seconds"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

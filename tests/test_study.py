@@ -1,0 +1,94 @@
+"""The study module: statistics over seeds against scipy and hand computations, the held-out split, teacher
+agreement, and a smoke end-to-end run of both studies."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sst
+
+from edgevl_lib import study
+
+
+def test_t_interval_matches_scipy():
+    x = [0.012, -0.004, 0.020]
+    iv = study.t_interval(x)
+    lo, hi = sst.t.interval(0.95, 2, loc=np.mean(x), scale=sst.sem(x))
+    assert iv["mean"] == pytest.approx(np.mean(x)) and iv["sd"] == pytest.approx(np.std(x, ddof=1))
+    assert (iv["lo"], iv["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert iv["p"] == pytest.approx(sst.ttest_1samp(x, 0).pvalue)
+    one = study.t_interval([0.5])
+    assert one["mean"] == 0.5 and np.isnan(one["lo"])
+
+
+def test_claims_over_seeds_pools_seed_averaged_scores():
+    rng = np.random.default_rng(0)
+    n = 400
+    seeds = []
+    for s in range(3):
+        b = (rng.random((n, 2)) < 0.6).astype(float)
+        a = np.where(rng.random((n, 2)) < 0.3, 1.0, b)  # a >= b per sample: a clear gain
+        seeds.append({"a": a, "b": b})
+    spec = {"a_beats_b": ("a", "b", +1), "b_beats_a": ("b", "a", +1)}
+    out = study.claims_over_seeds(seeds, spec)
+    diffs = [float(s["a"].mean() - s["b"].mean()) for s in seeds]
+    c = out["a_beats_b"]
+    assert c["per_seed_diff"] == pytest.approx(diffs)
+    assert c["diff"] == pytest.approx(np.mean(diffs))  # the pooled diff is the mean of the seed means
+    assert c["verdict"] == "holds" and c["seeds_holding"] == 3
+    assert out["b_beats_a"]["verdict"] == "contradicted" and out["b_beats_a"]["seeds_contradicted"] == 3
+    assert c["over_seeds"]["mean"] == pytest.approx(np.mean(diffs))
+
+
+def test_rows_over_seeds():
+    tables = [{"r": {"paper_avg": v}} for v in (0.7, 0.8, 0.9)]
+    out = study.rows_over_seeds(tables)
+    assert out["r"]["mean"] == pytest.approx(0.8) and out["r"]["sd"] == pytest.approx(0.1)
+    assert out["r"]["values"] == [0.7, 0.8, 0.9]
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete():
+    tr, ho = study.holdout_split(50, 0.2, seed=3)
+    assert len(ho) == 10 and len(tr) == 40 and not set(tr) & set(ho) and sorted([*tr, *ho]) == list(range(50))
+    assert np.array_equal(ho, study.holdout_split(50, 0.2, seed=3)[1])
+    assert not np.array_equal(ho, study.holdout_split(50, 0.2, seed=4)[1])
+    with pytest.raises(ValueError):
+        study.holdout_split(10, 1.0, 0)
+
+
+def test_teacher_agreement_by_hand():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    emb = {"rgb": torch.tensor([[2.0, 0.1], [0.1, 3.0], [1.0, 0.2]]),
+           "depth": torch.tensor([[0.1, 1.0], [0.2, 1.0], [1.0, 0.0]])}
+    # pseudo 0, 1, 1: rgb predicts 0, 1, 0 -> hits 1, 1, 0; depth predicts 1, 1, 0 -> hits 0, 1, 0
+    agree = study.teacher_agreement(emb, text, [0, 1, 1], ["rgb", "depth"])
+    np.testing.assert_allclose(agree, [0.5, 1.0, 0.0])
+
+
+def test_parse_configs():
+    assert study._parse_configs(["a", "b=stage2.lr=1e-5,stage2.epochs=2"]) == {
+        "a": (), "b": ("stage2.lr=1e-5", "stage2.epochs=2")}
+    assert study._parse_configs(None) is None
+
+
+def test_smoke_studies_write_their_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = study.seed_study(seeds=[0, 1], configs={"default": (), "headroom_w4": ("stage2.quant.weight_bits=4",)},
+                         out_dir=tmp_path / "seeds", smoke=True)
+    saved = json.loads((tmp_path / "seeds" / "metrics.json").read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["configs"]) == {"default", "headroom_w4"}
+    res = saved["configs"]["default"]
+    assert len(res["per_seed"]) == 2 and res["per_seed"][0]["recipe_hash"] != res["per_seed"][1]["recipe_hash"]
+    assert {"stage1_fp32", "ptq_int8", "qat_int8", "stage2_int8", "fp32_ld", "fp32_ld_lc"} <= set(res["rows"])
+    assert set(res["claims"]) >= {"stage2_int8_beats_fp32", "qat_beats_ptq"}
+    assert "ptq_minus_fp32" in saved["headroom"] and m["headroom"]["config"] == "headroom_w4"
+    assert (tmp_path / "seeds" / "table.md").read_text().count("| stage2_int8 |") == 2
+    assert (tmp_path / "seeds" / "figures" / "rows_over_seeds.png").is_file()
+    c = study.curation_study(settings=[("top_fraction", 0.5), ("class_top_fraction", 0.5)],
+                             out_dir=tmp_path / "curation", smoke=True)
+    assert c["chosen"] in c["settings"] and c["selection"].startswith("highest mean teacher agreement")
+    row = c["settings"][c["chosen"]]
+    assert row["uninformative"]["total"] > 0 and 0 <= row["holdout_agreement"] <= 1
+    assert (tmp_path / "curation" / "figures" / "curation_study.png").is_file()
