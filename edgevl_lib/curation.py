@@ -354,6 +354,11 @@ def curate_dataset(teacher: Teacher, dataset: data.PairedDataset, cfg: "Curation
     The one call notebooks use; `score_dataset` + `curate_by_confidence` are the parts.
     """
     superset = load_label_superset(cfg.superset)
+    uncovered = superset_gaps(dataset.class_names, superset)
+    if uncovered:
+        log.warning("%s: %d of the dataset's %d class names are not in the label superset: %s. Their images can "
+                    "never get a correct pseudo-label; add them to the superset file", cfg.superset, len(uncovered),
+                    len(dataset.class_names), uncovered[:10])
     templates = load_templates(cfg.templates)
     descriptions = load_descriptions(cfg.descriptions) if cfg.descriptions else None
     conf, pseudo, _ = score_dataset(teacher, dataset, superset, templates, cfg.batch_size, cfg.scale, descriptions)
@@ -381,6 +386,12 @@ def curation_warnings(result: CurationResult, class_names: Sequence[str]) -> lis
         out.append(f"no kept image has the pseudo-label of {len(missing)} class(es) {missing[:8]}: try "
                    f"curation.mode class_top_fraction (keeps the top share of every pseudo-class)")
     return out
+
+
+def superset_gaps(class_names: Sequence[str], superset: Sequence[str]) -> list[str]:
+    """The class names that the superset lacks (compared lower-case, underscores as spaces)."""
+    have = {_norm_name(n) for n in superset}
+    return [c for c in class_names if _norm_name(c) not in have]
 
 
 def known_uninformative(dataset: Any) -> list[str]:

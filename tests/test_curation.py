@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from edgevl_lib import data
 from edgevl_lib.config import BENCHMARK_CLASSES, CurationConfig
 from edgevl_lib.curation import (CurationResult, build_prompts, confidence, curate_by_confidence, curate_dataset,
-                                 curation_report, curation_warnings, load_descriptions, load_label_superset, load_templates,
-                                 score_dataset)
+                                 curation_report, curation_warnings, load_descriptions, load_label_superset,
+                                 load_templates, score_dataset, superset_gaps)
 from edgevl_lib.teachers import prompt_ensemble
 
 SUPERSET = ["chair", "table", "lamp", "vase"]
@@ -238,3 +238,8 @@ def test_curation_warnings_flag_keeping_almost_all_or_little_and_lost_classes():
     fine = curate_by_confidence(conf, [0] * 5 + [1] * 5, ids, ["chair", "table"], "class_top_fraction",
                                 top_fraction=0.6)
     assert curation_warnings(fine, ["chair", "table"]) == []
+
+
+def test_superset_gaps_name_the_missing_classes():
+    assert superset_gaps(["Traffic_Cone", "chair", "stool"], ["traffic cone", "chair"]) == ["stool"]
+    assert superset_gaps(["chair"], ["chair", "table"]) == []
