@@ -318,9 +318,9 @@ def seed_claims(claims: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Any:
     return fig
 
 
-def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str) -> Any:
-    """The curation study: held-out teacher agreement (left, what chooses) and eval paper average (right, reported
-    only) per setting, with 95 % CIs; the chosen setting in bold."""
+def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str, counts: bool = True) -> Any:
+    """A study's settings: held-out teacher agreement (left, what chooses) and eval paper average (right, reported
+    only), with 95 % CIs; the chosen setting in red and bold; `counts` adds each setting's kept / total."""
     import matplotlib.pyplot as plt
 
     names = list(rows)
@@ -334,7 +334,8 @@ def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str) -> Any:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks([-i for i in range(len(names))],
-                       [f"{n}  ({rows[n]['kept']}/{rows[n]['total']})" for n in names], fontsize=8)
+                       [f"{n}  ({rows[n]['kept']}/{rows[n]['total']})" if counts else f"{n} " for n in names],
+                       fontsize=8)
     for label in axes[0].get_yticklabels():
         if label.get_text().startswith(chosen + " "):
             label.set_fontweight("bold")

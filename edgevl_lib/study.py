@@ -2,6 +2,7 @@
 
     python -m edgevl_lib.study seeds     [--recipe R] [--seeds 0 1 2] [--config NAME=k=v,k=v ...]
     python -m edgevl_lib.study curation  [--recipe R] [--holdout 0.2] [--equal-steps] [--settings MODE:VALUE ...]
+    python -m edgevl_lib.study stage2    [--recipe R] [--config NAME=k=v,k=v ...]
 
 **Seeds** (`seed_study`, reports/study/metrics.json). For each configuration c (the recipe plus overrides; default
 `default` and `headroom_w4`, the recipe with 4-bit weights) and each training seed s (`Recipe.train_seed`: data,
@@ -355,6 +356,95 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
 
 
 # ----------------------------------------------------------------------------------------------
+# The stage-2 options study
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_STAGE2_OPTIONS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "qat_only": ("stage2.contrastive_weight=0",),
+    "lambda_0.01": ("stage2.contrastive_weight=0.01",),
+    "bank": ("stage2.mining=bank",),
+    "random_negatives": ("stage2.negatives=random",),
+    "released": ("stage2.mining=bank", "stage2.negatives=random", "stage2.distill_weight=0"),
+}
+"""Stage-2 options (overrides) compared by `stage2_study`: the recipe's, plain QAT (the control for the triplet term),
+a balanced λ (the triplet gradient is ~200x the distillation gradient at λ = 1), bank mining, random negatives,
+and the released code's combination (bank, random negatives, triplet-only)."""
+
+
+def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequence[str]] | None = None,
+                 holdout: float = 0.2, overrides: Sequence[str] = (), out_dir: str | Path | None = None,
+                 smoke: bool = False) -> dict[str, Any]:
+    """Each stage-2 option's int8 student, trained from the recipe's stage-1 student on the curated images minus a
+    seeded held-out share (`train.holdout_rows`), scored by teacher agreement on the held-out images (as in
+    `curation_study`; those images were in stage 1's training set, the same for every option). The eval paper
+    average is reported beside it, never used to choose. Writes `<out_dir>/metrics.json` (reports/study/stage2).
+    """
+    from . import quantize
+    from .stage2 import Int8Student
+    from .train import holdout_rows, train_stage2
+
+    options = dict(DEFAULT_STAGE2_OPTIONS if options is None else options)
+    recipes = {n: load_recipe(recipe, [*overrides, *o], smoke=smoke) for n, o in options.items()}  # refuse early
+    base = load_recipe(recipe, overrides, smoke=smoke)
+    out = utils.resolve_out_dir(out_dir, "study/stage2")
+    start = time.perf_counter()
+    art = run_curation(base)
+    student = run_stage1(art, base).student.cpu().eval()
+    train_rows, held_rows = holdout_rows(len(art.cache), holdout, base.seed)
+    pool = art.cache.select([art.cache.ids[i] for i in train_rows])
+    position = {sid: i for i, sid in enumerate(art.adapt.ids)}
+    held_ids = [art.cache.ids[i] for i in held_rows]
+    held = torch.utils.data.Subset(art.adapt, [position[sid] for sid in held_ids])
+    pseudo = dict(zip(art.result.ids, art.result.pseudo_labels))
+    held_pseudo = [pseudo[sid] for sid in held_ids]
+    text = superset_text(art, base)
+    trained = list(base.stage2.modalities)
+    data_ = preload(art.adapt, base.stage2.modalities)
+    evalset = preload(art.evalset)
+    folder = utils.cache_dir() / "study" / "stage2" / base.key("stage1", embeddings=art.cache.meta.get("key"),
+                                                               holdout=[holdout, base.seed])
+    rows: dict[str, Any] = {}
+    agree: dict[str, np.ndarray] = {}
+    eval_scores: dict[str, np.ndarray] = {}
+    for name, r in utils.progress(recipes.items(), desc="stage-2 study", total=len(recipes)):
+        t0 = time.perf_counter()
+        sub = folder / r.key("stage2")
+        run = train_stage2(dataclasses.replace(r.stage2, checkpoint_dir=str(sub / "checkpoints")), student, data_,
+                           pool, pseudo, out_dir=sub)
+        model = Int8Student(quantize.convert(run.model.cpu()), student.config).eval()
+        emb, _ = embed_model(model, held, trained, r.stage1.encodings)
+        agree[name] = teacher_agreement(emb, text, held_pseudo, trained)
+        table, outcomes = evaluate_variants({name: model}, evalset, art.class_text, trained, r.stage1.encodings,
+                                            trained)
+        eval_scores[name] = stats.paper_scores(outcomes, trained)[name]
+        rows[name] = {"overrides": list(options[name]), "holdout_agreement": float(agree[name].mean()),
+                      "holdout_agreement_ci": stats.bootstrap_ci(agree[name], seed=base.seed),
+                      "eval_paper_avg": table[name]["paper_avg"],
+                      "eval_paper_avg_ci": stats.bootstrap_ci(eval_scores[name], seed=base.seed),
+                      "grad_ratio": [h.get("grad_ratio") for h in run.history],
+                      "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("stage-2 study %s: held-out agreement %.3f, eval paper avg %.3f", name,
+                 rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
+    chosen = max(rows, key=lambda n: rows[n]["holdout_agreement"])
+    others = [n for n in rows if n != chosen]
+    metrics = {
+        "holdout": {"fraction": holdout, "images": len(held_ids), "seed": base.seed},
+        "selection": "highest mean teacher agreement on the held-out curated images (label-free); eval never used",
+        "options": rows, "chosen": chosen,
+        "vs_chosen_holdout": stats.compare_rows(agree, [(chosen, n) for n in others], binary=False, seed=base.seed),
+        "vs_chosen_eval": stats.compare_rows(eval_scores, [(chosen, n) for n in others], binary=False,
+                                             seed=base.seed),
+        "recipe": base.record(), "seconds": round(time.perf_counter() - start, 1),
+    }
+    from . import plots
+
+    utils.save_figure(plots.curation_study(rows, chosen, counts=False), out, "stage2_study")
+    utils.save_metrics(out, metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -372,7 +462,7 @@ def _parse_configs(items: Sequence[str] | None) -> dict[str, tuple[str, ...]] | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgevl_lib.study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=["seeds", "curation"])
+    parser.add_argument("study", choices=["seeds", "curation", "stage2"])
     parser.add_argument("--recipe", default=DEFAULT_RECIPE)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="k=v on every configuration")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
@@ -388,6 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.study == "seeds":
         m = seed_study(args.recipe, args.seeds, _parse_configs(args.config), args.overrides, args.out, args.smoke)
         print(results_table(m))
+    elif args.study == "stage2":
+        m = stage2_study(args.recipe, _parse_configs(args.config), args.holdout, args.overrides, args.out, args.smoke)
+        for name, row in m["options"].items():
+            print(f"{name}: held-out agreement {row['holdout_agreement']:.3f}, eval paper avg {row['eval_paper_avg']:.3f}"
+                  f", grad ratio {row['grad_ratio']}")
+        print("chosen (held-out agreement):", m["chosen"])
     else:
         settings = [(x.split(":")[0], float(x.split(":")[1])) for x in args.settings] if args.settings else None
         m = curation_study(args.recipe, settings, args.holdout, args.overrides, args.out, args.smoke, args.equal_steps)

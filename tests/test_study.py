@@ -92,3 +92,9 @@ def test_smoke_studies_write_their_reports(tmp_path, monkeypatch):
     row = c["settings"][c["chosen"]]
     assert row["uninformative"]["total"] > 0 and 0 <= row["holdout_agreement"] <= 1
     assert (tmp_path / "curation" / "figures" / "curation_study.png").is_file()
+
+    s2 = study.stage2_study(options={"default": (), "qat_only": ("stage2.contrastive_weight=0",)},
+                            out_dir=tmp_path / "stage2", smoke=True)
+    assert set(s2["options"]) == {"default", "qat_only"} and s2["chosen"] in s2["options"]
+    assert s2["options"]["qat_only"]["grad_ratio"] == [None]  # one term only: no ratio
+    assert list(s2["vs_chosen_holdout"]) == [f"{s2['chosen']} - {n}" for n in s2["options"] if n != s2["chosen"]]
