@@ -10,6 +10,7 @@ with paired statistics over those samples:
 * `holm`: Holm's step-down correction of several p-values (family-wise error rate).
 * `verdict`: `holds` / `contradicted` / `not significant` from a difference, its corrected p and the claimed sign.
 * `compare_rows` / `claims`: all of the above for a table's pairs and for the paper's claims.
+* `above_chance`: one-sided exact binomial test of an accuracy against 1 / classes (a teacher modality at chance).
 
     correct = {"fp32": fp32_correct, "int8": int8_correct}           # N x M booleans (samples x modalities)
     claims({"int8_beats_fp32": ("int8", "fp32", +1)}, correct)
@@ -171,3 +172,15 @@ def paper_scores(outcomes: Mapping[str, Mapping[str, Any]], modalities: Sequence
     statistics for the paper average (the mean over RGB and the trained non-RGB modality)."""
     return {row: np.stack([np.asarray(per[m], dtype=np.float64) for m in modalities], axis=1)
             for row, per in outcomes.items()}
+
+
+def above_chance(accuracy: float, n: int, num_classes: int, alpha: float = ALPHA) -> dict[str, Any]:
+    """Is a top-1 accuracy above chance? One-sided exact binomial test of k = round(accuracy n) hits in n against
+    p0 = 1 / num_classes (scipy.stats.binomtest, alternative "greater"): `at chance` when p >= alpha. A teacher at
+    chance on a modality gives stage 2 nothing but noise as pseudo-labels there."""
+    from scipy.stats import binomtest
+
+    k = int(round(accuracy * n))
+    p = float(binomtest(k, n, 1.0 / num_classes, alternative="greater").pvalue)
+    return {"accuracy": accuracy, "chance": 1.0 / num_classes, "n": n, "p": p,
+            "verdict": "above chance" if p < alpha else "at chance"}

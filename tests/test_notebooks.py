@@ -79,7 +79,7 @@ def test_every_notebook_runs(smoke_reports):
 def test_curation_notebook_writes_its_metrics_and_figures(smoke_reports):
     out, _ = smoke_reports
     m = _metrics(out, "01_curation")
-    assert set(m["zero_shot"]) == {"rgb", "depth", "thermal"}
+    assert set(m["zero_shot"]) == {"rgb", "depth", "thermal"} == set(m["zero_shot_vs_chance"])
     assert all(0.0 <= v <= 1.0 for v in m["zero_shot"].values())
     cur = m["curation"]
     assert {"mode", "threshold", "kept", "total", "kept_pseudo_acc", "discarded_pseudo_acc", "classes_kept",

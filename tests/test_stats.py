@@ -74,3 +74,14 @@ def test_verdicts_and_claims():
         ["holds", "not significant", "contradicted"]
     assert all(b["p_holm"] >= b["p"] for b in block.values())
     assert stats.claim_lines(block)[0].startswith("good_beats: good - fp32 = +")
+
+
+def test_above_chance_is_the_one_sided_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    r = stats.above_chance(0.12, 100, 10)
+    assert r["p"] == pytest.approx(binomtest(12, 100, 0.1, alternative="greater").pvalue)
+    assert r["verdict"] == "at chance" and r["chance"] == 0.1
+    # 10 / 10 hits against 1/2: p = 0.5 ** 10 by hand
+    assert stats.above_chance(1.0, 10, 2)["p"] == pytest.approx(0.5 ** 10)
+    assert stats.above_chance(0.195, 750, 15)["verdict"] == "above chance"
