@@ -565,3 +565,20 @@ def test_real_kernel_headless_under_nbclient_and_interactive_for_a_stdin_fronten
     assert "application/vnd.jupyter.widget-view+json" not in shown[0].data
     assert "widgets" not in nb.metadata  # nbclient stored no widget state
     assert nb.cells[1].outputs[0].text.strip() == "frontend: True"
+
+
+def test_label_offsets_separate_labels_at_one_point_and_leave_lone_labels_alone():
+    import numpy as np
+
+    from edgevl_lib.analysis.figures import label_offsets
+
+    anchors = np.array([[100.0, 100.0]] * 4 + [[300.0, 50.0]])
+    names = ["chair", "table", "desk", "bench", "traffic cone"]
+    off = label_offsets(anchors, names, fontsize=6)
+    h = 1.25 * 6
+    ys = sorted(100 + dy for dx, dy in off[:4])
+    assert all(b - a >= h - 1e-9 for a, b in zip(ys, ys[1:]))  # stacked, no two boxes overlap
+    assert off[4] == (3.0, 3.0)  # alone: the default offset
+    assert label_offsets(anchors, names) == off  # deterministic
+    near_edge = label_offsets(np.array([[300.0, 50.0]]), ["traffic cone"], fontsize=6, right=320.0)
+    assert near_edge == [(-3.0, 3.0)]  # would cross the right edge: drawn to the left of its anchor

@@ -166,9 +166,14 @@ def _draw_map(ax: Any, coords: Mapping[str, np.ndarray], labels: np.ndarray, cla
         txt = coords[text_key]
         ax.scatter(txt[:, 0], txt[:, 1], marker="*", s=150, c=colours[:len(txt)], edgecolors="k", linewidths=0.6,
                    zorder=4)
-        for c, (x, y) in enumerate(txt):
-            ax.annotate(class_names[c] if c < len(class_names) else str(c), (x, y), xytext=(3, 3),
-                        textcoords="offset points", fontsize=6, zorder=5)
+        names = [class_names[c] if c < len(class_names) else str(c) for c in range(len(txt))]
+        to_points = 72.0 / ax.figure.dpi  # display pixels -> points
+        offsets = label_offsets(ax.transData.transform(txt) * to_points, names, fontsize=6,
+                                right=ax.get_window_extent().x1 * to_points)
+        for c, ((x, y), (dx, dy)) in enumerate(zip(txt, offsets)):
+            ax.annotate(names[c], (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6, zorder=5,
+                        ha="right" if dx < 0 else "left",
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="0.4") if dy > 4 else None)
     if legend and colour_by in ("class", "modality"):
         from matplotlib.lines import Line2D
 
@@ -186,6 +191,35 @@ def _draw_map(ax: Any, coords: Mapping[str, np.ndarray], labels: np.ndarray, cla
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
+
+
+def label_offsets(anchors: np.ndarray, names: Sequence[str], fontsize: float = 6.0, pad: float = 3.0,
+                  right: float | None = None) -> list[tuple[float, float]]:
+    """Offsets (points) that keep text labels from overlapping: label i starts at its anchor + (pad, pad); labels are
+    placed bottom-up (by anchor y, then x) and each is raised by whole line heights until its box (width about
+    0.6 fontsize per character, height 1.25 fontsize) overlaps no placed box. A label that would cross `right` (the
+    axes' right edge, in points) goes left of its anchor instead: dx = -pad, to be drawn right-aligned (ha="right").
+    Deterministic; a leader line is worth drawing when dy > pad.
+
+    Args:
+        anchors: N x 2 anchor positions in points (display coordinates).
+        names: the N label strings.
+        right: the x (points) no label may cross; None = no limit.
+    """
+    height = 1.25 * fontsize
+    boxes: list[tuple[float, float, float, float]] = []
+    out: list[tuple[float, float]] = [(pad, pad)] * len(names)
+    for i in np.lexsort((anchors[:, 0], anchors[:, 1])):
+        width = 0.6 * fontsize * len(names[i])
+        dx = pad if right is None or float(anchors[i, 0]) + pad + width <= right else -pad
+        x0 = float(anchors[i, 0]) + dx - (width if dx < 0 else 0.0)
+        x1 = x0 + width
+        y0 = float(anchors[i, 1]) + pad
+        while any(x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y0 + height for bx0, by0, bx1, by1 in boxes):
+            y0 += height
+        boxes.append((x0, y0, x1, y0 + height))
+        out[i] = (dx, y0 - float(anchors[i, 1]))
+    return out
 
 
 def _map_inputs(coords: Mapping[str, np.ndarray], labels: ArrayLike | Sequence[int | None],
