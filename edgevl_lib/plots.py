@@ -225,6 +225,37 @@ def loss_curves(curves: Mapping[str, Sequence[float]], title: str = "", ylabel: 
     return fig
 
 
+def step_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "",
+                ylabel: str = "training loss (per step)") -> Any:
+    """Per-step training curves: one line per run over its global step, from each epoch record's `step_loss`
+    (train.train_stage1 / train_stage2), epoch boundaries dotted; runs without per-step records (older caches)
+    fall back to one point per epoch at the epoch's last step."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bounds: set[int] = set()
+    for name, records in histories.items():
+        ys: list[float] = []
+        xs: list[float] = []
+        for h in records:
+            steps, last = h.get("step_loss"), (xs[-1] if xs else 0)
+            if steps:
+                xs += list(range(last + 1, last + len(steps) + 1))
+                ys += list(steps)
+            else:
+                ys.append(h["loss"])
+                xs.append(last + int(h.get("steps", 1)))
+            bounds.add(xs[-1])
+        ax.plot(xs, ys, lw=1.0, label=name, marker="o" if len(xs) < 4 else None)
+    for b in sorted(bounds)[:-1]:
+        ax.axvline(b + 0.5, color="0.8", lw=0.6, ls=":")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    if histories:
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def stage2_history(history: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
     """Stage-2 training: the distillation loss L_d of every QAT run and the stage-2 triplet loss L_c, per epoch
     (`history` = {variant: train.train_stage2's per-epoch records})."""

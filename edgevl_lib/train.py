@@ -445,6 +445,7 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
         model.train()
         start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
+        step_loss: list[float] = []
         images, lr = 0, scheduler.get_last_lr()[0]
         for batch, targets in utils.progress(loader, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
                                              total=steps_per_epoch, disable=rank != 0):
@@ -467,12 +468,14 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
             scheduler.step()
             step += 1
             images += len(targets)
+            step_loss.append(float(loss.detach()))
             for name, value in {"loss": loss.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value * len(targets)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the epoch's time includes its queued kernels
         record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr,
                                steps_per_epoch, world, device)
+        record["step_loss"] = step_loss  # this rank's per-step losses (the training curve)
         history.append(record)
         if world > 1:
             for buffer in student.buffers():
@@ -838,6 +841,7 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         set_training(True)
         start = time.perf_counter() - bank_seconds
         sums: dict[str, torch.Tensor] = {}
+        step_loss: list[float] = []
         ratios: list[float] = []
         images, anchors, mined, lr = 0, 0, 0, scheduler.get_last_lr()[0]
         for index, (batch, targets) in enumerate(utils.progress(
@@ -873,10 +877,12 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
             scheduler.step()
             step += 1
             images += len(targets)
+            step_loss.append(float(loss.detach()))
             for name, value in {"loss": loss.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + value * len(targets)
         record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr, steps_per_epoch, 1, device)
-        record.update(anchors=anchors, mined=mined, grad_ratio=float(np.mean(ratios)) if ratios else None)
+        record.update(anchors=anchors, mined=mined, grad_ratio=float(np.mean(ratios)) if ratios else None,
+                      step_loss=step_loss)
         if use_bank:
             record["bank_seconds"] = bank_seconds
         set_training(False)

@@ -158,3 +158,15 @@ def test_channels_last_student_trains_and_checkpoints_like_before(fake, tmp_path
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), result.student.eval()(x), atol=1e-5)
+
+
+def test_step_curves_plot_each_step_and_fall_back_to_epoch_means():
+    from edgevl_lib import plots
+
+    fig = plots.step_curves({"a": [{"loss": 0.5, "steps": 3, "step_loss": [0.7, 0.5, 0.3]},
+                                   {"loss": 0.2, "steps": 3, "step_loss": [0.25, 0.2, 0.15]}],
+                             "old": [{"loss": 0.6, "steps": 3}, {"loss": 0.4, "steps": 3}]})
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert list(lines["a"].get_xdata()) == [1, 2, 3, 4, 5, 6]
+    assert list(lines["a"].get_ydata()) == [0.7, 0.5, 0.3, 0.25, 0.2, 0.15]
+    assert list(lines["old"].get_xdata()) == [3, 6] and list(lines["old"].get_ydata()) == [0.6, 0.4]

@@ -102,6 +102,8 @@ def test_train_modalities_route_rgb_and_depth_through_one_student(fake, tmp_path
     record = result.history[0]
     assert record["images"] == 16 and record["steps"] == 2 and set(record["parts"]) == {"dual"}
     assert record["loss"] == pytest.approx(record["parts"]["dual"])
+    # the per-step curve: one loss per step; both batches hold 8 images, so their mean is the epoch's loss
+    assert len(record["step_loss"]) == 2 and sum(record["step_loss"]) / 2 == pytest.approx(record["loss"], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +255,8 @@ def test_torchrun_two_processes_train_one_model(fake, tmp_path):
     assert (state["epochs_done"], state["world_size"], state["step"]) == (2, 2, 4)  # 8 images per rank, batch 4
     history = [json.loads((out / f"history{r}.json").read_text()) for r in (0, 1)]
     assert [h["images"] for h in history[0]] == [16, 16] and history[0] == [
-        {**h, "seconds": history[0][i]["seconds"]} for i, h in enumerate(history[1])]  # all-reduced means agree
+        {**h, "seconds": history[0][i]["seconds"], "step_loss": history[0][i]["step_loss"]}
+        for i, h in enumerate(history[1])]  # all-reduced means agree; per-step losses are each rank's own
     checkpoint = state_dict_of(students.load_student(out / "checkpoints" / state["student"]))
     for r in (0, 1):
         assert_same_weights(state_dict_of(students.load_student(out / f"rank{r}.safetensors")), checkpoint)
