@@ -86,6 +86,17 @@ def test_plain_qat_needs_no_pseudo_labels_and_mines_nothing(setup, vit, tmp_path
     assert set(result.history[0]["parts"]) == {"dual"} and result.history[0]["mined"] == 0
 
 
+def _interrupted_then_resumed(cfg, student, dataset, cache, pseudo, folder):
+    """A stage-2 run stopped (KeyboardInterrupt) after its first epoch's checkpoint, then resumed in `folder`."""
+    def stop_after_first_epoch(record, model):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage2(cfg, student, dataset, cache, pseudo, out_dir=folder, callbacks=[stop_after_first_epoch])
+    return train_stage2(cfg, student, dataset, cache, pseudo, out_dir=folder)
+
+
 @pytest.mark.parametrize("kind", ["conv", "vit"])
 def test_stage2_resume_matches_an_uninterrupted_run(setup, vit, kind, tmp_path):
     # bitwise for both: conv + batch norm (QAT folding) and ViT (dropout nodes, attention)
@@ -93,13 +104,7 @@ def test_stage2_resume_matches_an_uninterrupted_run(setup, vit, kind, tmp_path):
     student = conv if kind == "conv" else vit
     full = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "full")
 
-    def stop_after_first_epoch(record, model):
-        if record["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "cut", callbacks=[stop_after_first_epoch])
-    resumed = train_stage2(cfg, student, dataset, cache, pseudo, out_dir=tmp_path / "cut")
+    resumed = _interrupted_then_resumed(cfg, student, dataset, cache, pseudo, tmp_path / "cut")
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     a, b = _weights(full.model), _weights(resumed.model)
     assert a.keys() == b.keys()
@@ -316,13 +321,7 @@ def test_bank_mining_random_negatives_and_holdout_selection(setup, vit, tmp_path
     assert fingerprint(kept) == fingerprint(full.model)  # the returned model is the chosen epoch's
 
     # deterministic and resumable: the bank is rebuilt from the epoch's weights, the draws are seeded per epoch
-    def stop_after_first_epoch(record, model):
-        if record["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_stage2(cfg, vit, dataset, cache, pseudo, out_dir=tmp_path / "cut", callbacks=[stop_after_first_epoch])
-    resumed = train_stage2(cfg, vit, dataset, cache, pseudo, out_dir=tmp_path / "cut")
+    resumed = _interrupted_then_resumed(cfg, vit, dataset, cache, pseudo, tmp_path / "cut")
     strip = ("seconds", "bank_seconds")
     assert [{k: v for k, v in h.items() if k not in strip} for h in resumed.history] == \
         [{k: v for k, v in h.items() if k not in strip} for h in full.history]
