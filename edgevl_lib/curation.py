@@ -348,6 +348,14 @@ def teacher_logit_scale(teacher: Teacher) -> float:
     return float(getattr(teacher, "logit_scale", 100.0))
 
 
+def superset_text(teacher: Teacher, cfg: "CurationConfig") -> torch.Tensor:
+    """The teacher's prompt-ensembled text embeddings of `cfg`'s superset (what the pseudo-labels index), as
+    `score_dataset` builds them: the superset, templates and optional descriptions files of `cfg`."""
+    descriptions = load_descriptions(cfg.descriptions) if cfg.descriptions else None
+    return prompt_ensemble(teacher, build_prompts(load_label_superset(cfg.superset), load_templates(cfg.templates),
+                                                  descriptions))
+
+
 def curate_dataset(teacher: Teacher, dataset: data.PairedDataset, cfg: "CurationConfig") -> CurationResult:
     """Score `dataset` with the teacher and select by `cfg` (files, mode, tau / fraction, scale).
 

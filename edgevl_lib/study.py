@@ -44,11 +44,10 @@ import torch
 
 from . import stats, utils
 from .cache import build_embedding_cache
-from .curation import (build_prompts, curate_by_confidence, curation_report, known_uninformative, load_descriptions,
-                       load_label_superset, load_templates, prompt_ensemble)
+from .curation import curate_by_confidence, curation_report, known_uninformative, superset_text
 from .data import preload
 from .evaluate import embed_model
-from .pipeline import CurationArtifacts, run_curation, run_stage1, run_stage2
+from .pipeline import run_curation, run_stage1, run_stage2
 from .recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from .stage2 import CLAIMS as STAGE2_CLAIMS, evaluate_variants
 from .train import train_stage1
@@ -239,14 +238,6 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def superset_text(art: CurationArtifacts, recipe: Recipe) -> torch.Tensor:
-    """The teacher's prompt-ensembled text embeddings of the curation superset (what the pseudo-labels index)."""
-    cfg = recipe.curation
-    descriptions = load_descriptions(cfg.descriptions) if cfg.descriptions else None
-    prompts = build_prompts(load_label_superset(cfg.superset), load_templates(cfg.templates), descriptions)
-    return prompt_ensemble(art.teacher, prompts)
-
-
 def teacher_agreement(emb: Mapping[str, torch.Tensor], text: torch.Tensor, pseudo: Sequence[int],
                       modalities: Sequence[str]) -> np.ndarray:
     """Per image: the share of `modalities` whose zero-shot prediction over `text` equals the pseudo-label
@@ -255,6 +246,32 @@ def teacher_agreement(emb: Mapping[str, torch.Tensor], text: torch.Tensor, pseud
     hits = [(torch.nn.functional.normalize(emb[m].float(), dim=1) @ text.float().T).argmax(1).eq(p).double()
             for m in modalities]
     return torch.stack(hits, 1).mean(1).numpy()
+
+
+def _score_student(model: torch.nn.Module, name: str, held: Any, text: torch.Tensor, held_pseudo: Sequence[int],
+                   evalset: Any, class_text: torch.Tensor, trained: Sequence[str], encodings: Any, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One study row's scores: per-image held-out teacher agreement (what chooses), per-sample eval paper-average
+    scores (reported only), and the row's fields {holdout_agreement, its CI, eval_paper_avg, its CI}."""
+    emb, _ = embed_model(model, held, trained, encodings)
+    agree = teacher_agreement(emb, text, held_pseudo, trained)
+    table, outcomes = evaluate_variants({name: model}, evalset, class_text, trained, encodings, trained)
+    scores = stats.paper_scores(outcomes, trained)[name]
+    return agree, scores, {"holdout_agreement": float(agree.mean()),
+                           "holdout_agreement_ci": stats.bootstrap_ci(agree, seed=seed),
+                           "eval_paper_avg": table[name]["paper_avg"],
+                           "eval_paper_avg_ci": stats.bootstrap_ci(scores, seed=seed)}
+
+
+def _choose(rows: Mapping[str, Mapping[str, Any]], agree: Mapping[str, np.ndarray],
+            eval_scores: Mapping[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """The row with the highest mean held-out agreement, and paired bootstrap tests (Holm) of it against every other
+    row, on the held-out agreement and on eval."""
+    chosen = max(agree, key=lambda n: rows[n]["holdout_agreement"])
+    pairs = [(chosen, n) for n in agree if n != chosen]
+    return {"chosen": chosen,
+            "vs_chosen_holdout": stats.compare_rows(agree, pairs, binary=False, seed=seed),
+            "vs_chosen_eval": stats.compare_rows(eval_scores, pairs, binary=False, seed=seed)}
 
 
 def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple[str, float]] | None = None,
@@ -279,7 +296,7 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     art = run_curation(r)
     adapt, result = art.adapt, art.result
     train_idx, held_idx = holdout_split(len(adapt), holdout, r.seed)
-    text = superset_text(art, r)
+    text = superset_text(art.teacher, r.curation)
     uninformative = known_uninformative(adapt)
     cur = r.curation
     pool = build_embedding_cache(art.teacher, adapt, [int(i) for i in train_idx], views=cur.views, seed=cur.seed,
@@ -317,35 +334,26 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
         trained_run = train_stage1(dataclasses.replace(r.stage1, epochs=epochs, checkpoint_dir=str(sub / "checkpoints")),
                                    train_data, pool.select(kept_train), out_dir=sub)
         student = trained_run.student.cpu().eval()
-        emb, _ = embed_model(student, held, trained, r.stage1.encodings)
-        agree[name] = teacher_agreement(emb, text, held_pseudo, trained)
-        table, outcomes = evaluate_variants({name: student}, evalset, art.class_text, trained, r.stage1.encodings,
-                                            trained)
-        eval_scores[name] = stats.paper_scores(outcomes, trained)[name]
+        agree[name], eval_scores[name], scores = _score_student(student, name, held, text, held_pseudo, evalset,
+                                                                art.class_text, trained, r.stage1.encodings, r.seed)
         rows[name] = {"mode": mode, "value": value, "trained_images": len(kept_train), "epochs": epochs,
                       "steps": epochs * -(-len(kept_train) // r.stage1.batch_size),
                       **{k: report[k] for k in ("kept", "total", "kept_fraction", "kept_pseudo_acc", "classes_kept",
                                                 "classes_total", "pseudo_classes_kept", "uninformative")},
-                      "holdout_agreement": float(agree[name].mean()),
-                      "holdout_agreement_ci": stats.bootstrap_ci(agree[name], seed=r.seed),
-                      "eval_paper_avg": table[name]["paper_avg"],
-                      "eval_paper_avg_ci": stats.bootstrap_ci(eval_scores[name], seed=r.seed),
-                      "seconds": round(time.perf_counter() - t0, 1)}
+                      **scores, "seconds": round(time.perf_counter() - t0, 1)}
         log.info("curation study %s: %d trained, held-out agreement %.3f, eval paper avg %.3f", name,
                  len(kept_train), rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
     ran = [n for n in rows if not rows[n].get("skipped")]
     if not ran:
         raise ValueError(f"curation study: every setting keeps fewer than {r.stage1.batch_size} training images")
-    chosen = max(ran, key=lambda n: rows[n]["holdout_agreement"])
-    others = [n for n in ran if n != chosen]
+    choice = _choose(rows, agree, eval_scores, r.seed)
+    chosen = choice["chosen"]
     metrics = {
         "holdout": {"fraction": holdout, "images": len(held_idx), "seed": r.seed,
                     "uninformative": int(sum(adapt.ids[i] in set(uninformative) for i in held_idx))},
         "selection": "highest mean teacher agreement on the held-out adapt images (label-free); eval never used",
         "equal_steps": equal_steps,
-        "settings": rows, "chosen": chosen,
-        "vs_chosen_holdout": stats.compare_rows(agree, [(chosen, n) for n in others], binary=False, seed=r.seed),
-        "vs_chosen_eval": stats.compare_rows(eval_scores, [(chosen, n) for n in others], binary=False, seed=r.seed),
+        "settings": rows, **choice,
         "recipe": r.record(), "seconds": round(time.perf_counter() - start, 1),
     }
     from . import plots
@@ -398,7 +406,7 @@ def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequ
     held = torch.utils.data.Subset(art.adapt, [position[sid] for sid in held_ids])
     pseudo = dict(zip(art.result.ids, art.result.pseudo_labels))
     held_pseudo = [pseudo[sid] for sid in held_ids]
-    text = superset_text(art, base)
+    text = superset_text(art.teacher, base.curation)
     trained = list(base.stage2.modalities)
     data_ = preload(art.adapt, base.stage2.modalities)
     evalset = preload(art.evalset)
@@ -413,28 +421,19 @@ def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequ
         run = train_stage2(dataclasses.replace(r.stage2, checkpoint_dir=str(sub / "checkpoints")), student, data_,
                            pool, pseudo, out_dir=sub)
         model = Int8Student(quantize.convert(run.model.cpu()), student.config).eval()
-        emb, _ = embed_model(model, held, trained, r.stage1.encodings)
-        agree[name] = teacher_agreement(emb, text, held_pseudo, trained)
-        table, outcomes = evaluate_variants({name: model}, evalset, art.class_text, trained, r.stage1.encodings,
-                                            trained)
-        eval_scores[name] = stats.paper_scores(outcomes, trained)[name]
-        rows[name] = {"overrides": list(options[name]), "holdout_agreement": float(agree[name].mean()),
-                      "holdout_agreement_ci": stats.bootstrap_ci(agree[name], seed=base.seed),
-                      "eval_paper_avg": table[name]["paper_avg"],
-                      "eval_paper_avg_ci": stats.bootstrap_ci(eval_scores[name], seed=base.seed),
+        agree[name], eval_scores[name], scores = _score_student(model, name, held, text, held_pseudo, evalset,
+                                                                art.class_text, trained, r.stage1.encodings, base.seed)
+        rows[name] = {"overrides": list(options[name]), **scores,
                       "grad_ratio": [h.get("grad_ratio") for h in run.history],
                       "seconds": round(time.perf_counter() - t0, 1)}
         log.info("stage-2 study %s: held-out agreement %.3f, eval paper avg %.3f", name,
                  rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
-    chosen = max(rows, key=lambda n: rows[n]["holdout_agreement"])
-    others = [n for n in rows if n != chosen]
+    choice = _choose(rows, agree, eval_scores, base.seed)
+    chosen = choice["chosen"]
     metrics = {
         "holdout": {"fraction": holdout, "images": len(held_ids), "seed": base.seed},
         "selection": "highest mean teacher agreement on the held-out curated images (label-free); eval never used",
-        "options": rows, "chosen": chosen,
-        "vs_chosen_holdout": stats.compare_rows(agree, [(chosen, n) for n in others], binary=False, seed=base.seed),
-        "vs_chosen_eval": stats.compare_rows(eval_scores, [(chosen, n) for n in others], binary=False,
-                                             seed=base.seed),
+        "options": rows, **choice,
         "recipe": base.record(), "seconds": round(time.perf_counter() - start, 1),
     }
     from . import plots
