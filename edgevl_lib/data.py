@@ -27,6 +27,15 @@ Generic paired folder (point the workbench at your own sensor data by writing th
       thermal/<id>.png     16-bit, centi-kelvin by default (value * 0.01 - 273.15 = degrees C)
       <modality>/<id>.png  any other sensor: 8-bit (-> [0, 1]) or 16-bit with its scale in meta.json
 
+Two layouts reach a run (`loaders.load_dataset("paired_folder", root, split=...)` detects which):
+
+* **split folders**: `root/adapt/` and `root/eval/`, each a paired folder as above (what `render` writes);
+* **one folder**: `root/classes.txt` directly in root; `split="adapt" | "eval"` is a deterministic split of its
+  samples by `loaders.split_indices` (options `split_fractions`, default (0.8, 0.2), and `split_seed`, default 0,
+  exactly as for the real datasets).
+
+Both present, or neither, raises `DataError`.
+
 Validity rules (every violation raises `DataError` naming the file, the sample id and the fix):
 
 * a modality with a physical scale (depth, thermal, or any with a scale in meta.json) must be a
@@ -36,7 +45,10 @@ Validity rules (every violation raises `DataError` naming the file, the sample i
   (float TIFF, .npy, .mat) that hold them are broken (store holes as 0);
 * any other modality: NaN / inf are broken (`check_finite`);
 * classes.txt: UTF-8, not empty, no repeated name; labels.csv: UTF-8, a header with `id`, at least one
-  row, unique non-empty ids, labels from classes.txt; every id has a file in every modality folder.
+  row, unique non-empty ids, labels from classes.txt; every id has a file in every modality folder;
+* geometry: every non-RGB frame has its RGB frame's size (W x H, read from the image headers when the folder is
+  opened, no decoding). A mismatch is refused unless the loader option `align="resize_to_rgb"` asks to resize
+  non-RGB frames to the RGB size (nearest, so depth holes stay 0) when they are loaded.
 """
 from __future__ import annotations
 
@@ -400,6 +412,20 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
+ALIGN_MODES: tuple[str, ...] = ("refuse", "resize_to_rgb")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(W, H) of an image file from its header (PIL opens lazily: nothing is decoded); DataError naming the file
+    when it is not an image."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as exc:  # PIL raises many types for files that are not images
+        raise DataError(f"{path}: cannot decode image header ({exc}); re-export the file or remove its id from "
+                        f"labels.csv.") from exc
+
+
 class PairedFolder(PairedDataset):
     """The generic paired-folder format (see the module docstring).
 
@@ -407,18 +433,28 @@ class PairedFolder(PairedDataset):
         root: the folder holding classes.txt, labels.csv and one sub-folder per modality.
         modalities: which modality folders to load; default: every sub-folder that holds files.
         size: optional (H, W) to resize every modality to (bilinear for rgb, nearest for the rest).
+        class_names: evaluate on this subset of classes.txt, in this order (label i = class_names[i]); samples of
+            the other classes become unlabeled. None keeps classes.txt.
+        align: `refuse` (default): a non-RGB frame whose size differs from its RGB frame's raises DataError when
+            the folder is opened; `resize_to_rgb`: such frames are resized to the RGB size (nearest) on load.
     """
 
     name = "paired_folder"
 
     def __init__(self, root: str | os.PathLike, modalities: Sequence[str] | None = None,
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, class_names: Sequence[str] | None = None,
+                 align: str = "refuse") -> None:
         super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset folder does not exist. Check the path, or build the embedded "
-                            f"benchmark with edgevl_lib.render.build_benchmark().")
-        self.class_names = read_class_names(self.root / "classes.txt")
+            raise DataError(f"{self.root}: dataset folder does not exist. Check the path: a paired folder holds "
+                            f"classes.txt, labels.csv and <modality>/<id>.png (or adapt/ and eval/, each holding "
+                            f"them).")
+        if align not in ALIGN_MODES:
+            raise DataError(f"{self.root}: align={align!r}; choose one of {list(ALIGN_MODES)} (recipe: "
+                            f"data.options.align).")
+        self.align = align
+        file_classes = read_class_names(self.root / "classes.txt")
         self.meta: dict[str, Any] = _read_meta(self.root / "meta.json")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.modalities = tuple(modalities) if modalities else tuple(sorted(found, key=lambda m: (m != RGB, m)))
@@ -427,7 +463,7 @@ class PairedFolder(PairedDataset):
             raise DataError(f"{self.root}: no folder for modalities {missing}. "
                             f"Expected {self.root}/<modality>/<id>.png.")
         self.size = size
-        index = {c: i for i, c in enumerate(self.class_names)}
+        index = {c: i for i, c in enumerate(file_classes)}
         labels_csv = self.root / "labels.csv"
         text = read_text_file(labels_csv, "label file", "Write a CSV with header `id,label`.")
         reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
@@ -455,7 +491,30 @@ class PairedFolder(PairedDataset):
         if not self.ids:
             raise DataError(f"{labels_csv}: no samples (only a header). Add one `id,label` row per sample "
                             f"(label may be empty when unknown).")
+        self.class_names = file_classes if class_names is None else self._select_classes(file_classes, class_names)
         self._check_pairs()
+        self._check_geometry()
+
+    def _select_classes(self, file_classes: list[str], class_names: Sequence[str]) -> list[str]:
+        """Re-map labels to `class_names` (a subset of classes.txt); other classes' samples become unlabeled."""
+        wanted = list(class_names)
+        path = self.root / "classes.txt"
+        unknown = [c for c in wanted if c not in file_classes]
+        if unknown:
+            raise DataError(f"{path}: class names {unknown} are not in classes.txt (it lists {len(file_classes)}: "
+                            f"{file_classes[:10]}{' ...' if len(file_classes) > 10 else ''}). Fix the names in "
+                            f"data.classes (-p classes), or add them to classes.txt.")
+        dup = sorted({c for c in wanted if wanted.count(c) > 1})
+        if dup or not wanted:
+            raise DataError(f"{path}: data.classes {wanted} is empty or repeats {dup}. Give each class once.")
+        new_index = {file_classes.index(c): i for i, c in enumerate(wanted)}
+        before = sum(y is not None for y in self.labels)
+        self.labels = [None if y is None else new_index.get(y) for y in self.labels]
+        dropped = before - sum(y is not None for y in self.labels)
+        if dropped:
+            log.info("%s: %d labelled samples are outside the %d selected classes and are unlabeled", self.root,
+                     dropped, len(wanted))
+        return wanted
 
     def _check_pairs(self) -> None:
         listed = set(self.ids)
@@ -473,6 +532,41 @@ class PairedFolder(PairedDataset):
                                 f"{' although they have ' + '/'.join(others) if others else ''}). "
                                 f"Add the file or drop the id from labels.csv.")
 
+    def _check_geometry(self) -> None:
+        """Every non-RGB frame against its RGB frame, by image headers (W x H); see the module docstring."""
+        others = [m for m in self.modalities if m != RGB]
+        if RGB not in self.modalities or not others:
+            return
+        start = time.perf_counter()
+        first: tuple[Path, tuple[int, int], tuple[int, int]] | None = None
+        bad_ids = 0
+        for sid in self.ids:
+            rgb_size = image_size(self.root / RGB / f"{sid}.png")
+            bad = False
+            for m in others:
+                path = self.root / m / f"{sid}.png"
+                wh = image_size(path)
+                if wh != rgb_size:
+                    bad = True
+                    if first is None:
+                        first = (path, wh, rgb_size)
+            bad_ids += bad
+        log.debug("%s: geometry of %d ids x %d modalities checked in %.2f s", self.root, len(self.ids),
+                  len(self.modalities), time.perf_counter() - start)
+        if first is None:
+            return
+        path, (w, h), (rw, rh) = first
+        if self.align == "resize_to_rgb":
+            log.info("%s: %d of %d ids have non-RGB frames of another size than their RGB frame (e.g. %s is %dx%d, "
+                     "rgb %dx%d): resized to the RGB size (nearest), align='resize_to_rgb'", self.root, bad_ids,
+                     len(self.ids), path, w, h, rw, rh)
+            return
+        raise DataError(f"{path}: {path.parent.name} frame is {w}x{h} (W x H) but its rgb frame "
+                        f"{self.root / RGB / path.name} is {rw}x{rh}; {bad_ids} of {len(self.ids)} ids have a "
+                        f"non-RGB frame whose size differs from their RGB frame. Resize those files to the RGB size "
+                        f"(registered to the RGB camera), or set the loader option align='resize_to_rgb' (recipe: "
+                        f"data.options: {{align: resize_to_rgb}}) to resize them to the RGB size (nearest) on load.")
+
     def modality_scale(self, modality: str) -> dict[str, Any] | None:
         return self.meta.get("modalities", {}).get(modality)
 
@@ -480,13 +574,19 @@ class PairedFolder(PairedDataset):
         sid = self.ids[index]
         images = {}
         for m in self.modalities:
-            x = read_image(self.root / m / f"{sid}.png", m, self.modality_scale(m),
-                           expect_channels=3 if m == RGB else None)
-            if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
-                smooth = {"mode": "bilinear", "align_corners": False, "antialias": True}
-                x = torch.nn.functional.interpolate(x[None], size=self.size,
-                                                    **(smooth if m == RGB else {"mode": "nearest"}))[0]
-            images[m] = x
+            images[m] = read_image(self.root / m / f"{sid}.png", m, self.modality_scale(m),
+                                   expect_channels=3 if m == RGB else None)
+        if self.align == "resize_to_rgb" and RGB in images:
+            hw = tuple(images[RGB].shape[-2:])
+            images = {m: x if m == RGB or tuple(x.shape[-2:]) == hw else
+                      torch.nn.functional.interpolate(x[None], size=hw, mode="nearest")[0]
+                      for m, x in images.items()}
+        if self.size is not None:
+            smooth = {"mode": "bilinear", "align_corners": False, "antialias": True}
+            images = {m: x if tuple(x.shape[-2:]) == tuple(self.size) else
+                      torch.nn.functional.interpolate(x[None], size=self.size,
+                                                      **(smooth if m == RGB else {"mode": "nearest"}))[0]
+                      for m, x in images.items()}
         return Sample(images=images, label=self.labels[index], id=sid)
 
 

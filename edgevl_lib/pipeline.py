@@ -28,7 +28,7 @@ from edgevl_lib import keys
 from edgevl_lib.cache import EmbeddingCache, build_embedding_cache
 from edgevl_lib.config import DataConfig
 from edgevl_lib.curation import CurationResult, curate_dataset, load_templates
-from edgevl_lib.data import ModalityEncoding, PairedDataset, default_encoding, preload
+from edgevl_lib.data import DataError, ModalityEncoding, PairedDataset, default_encoding, preload
 from edgevl_lib.loaders import load_dataset
 from edgevl_lib.recipe import Recipe
 from edgevl_lib.stage2 import Int8Variants, build_int8_variants
@@ -74,8 +74,13 @@ def load_splits(data_cfg: DataConfig) -> tuple[PairedDataset, PairedDataset]:
     """(adapt, eval) of the recipe's data; the embedded benchmark is rendered on first use.
 
     `data_cfg.classes` selects the rendered classes (embedded; already in `data_cfg.benchmark` via the Recipe) or
-    is the loader's `class_names` (real data: scene types outside it become unlabeled). With `eval_root`, the whole
-    of that second dataset is the evaluation set (cross-dataset runs).
+    is the loader's `class_names` (real data: scene types outside it become unlabeled; paired folders: a subset of
+    classes.txt). `data_cfg.options` go to the loader as keyword arguments. With `eval_root`, the whole of that
+    second dataset is the evaluation set (cross-dataset runs).
+
+    Raises:
+        DataError: bad data (the message names the file), or paired split folders whose adapt/ and eval/ class
+            lists differ; all before any model is built.
     """
     if data_cfg.dataset == "embedded":
         opts: dict[str, Any] = {"config": data_cfg.benchmark, **data_cfg.options}
@@ -85,7 +90,21 @@ def load_splits(data_cfg: DataConfig) -> tuple[PairedDataset, PairedDataset]:
     if data_cfg.eval_root:
         return adapt, load_dataset(data_cfg.eval_dataset or data_cfg.dataset, data_cfg.eval_root, split=None,
                                    **{k: v for k, v in opts.items() if k != "config"})
-    return adapt, load_dataset(data_cfg.dataset, data_cfg.root, split="eval", **opts)
+    evalset = load_dataset(data_cfg.dataset, data_cfg.root, split="eval", **opts)
+    if data_cfg.dataset == "paired_folder" and list(adapt.class_names) != list(evalset.class_names):
+        root = Path(data_cfg.root or "")
+        raise DataError(f"{root / 'adapt' / 'classes.txt'} and {root / 'eval' / 'classes.txt'} list different "
+                        f"classes ({len(adapt.class_names)} vs {len(evalset.class_names)}; first difference: "
+                        f"{_first_difference(adapt.class_names, evalset.class_names)}). Give both split folders the "
+                        f"same classes.txt (line i is label i in both), or set data.classes.")
+    return adapt, evalset
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"line {i + 1}: {x!r} vs {y!r}"
+    return f"one list is longer (line {min(len(a), len(b)) + 1})"
 
 
 def data_fingerprint(adapt: PairedDataset) -> str:

@@ -80,10 +80,14 @@ def test_rgb_missing_for_existing_depth_names_the_file(folder):
 
 def test_corrupt_image_names_the_file(folder):
     path = folder / "rgb" / "s001.png"
-    path.write_bytes(path.read_bytes()[:40])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:60])  # header intact, pixel data cut: refused when decoded
     ds = PairedFolder(folder)
     with pytest.raises(DataError, match=r"s001\.png: cannot decode"):
         ds[1]
+    path.write_bytes(whole[:40])  # header cut: refused when the folder is opened (geometry check)
+    with pytest.raises(DataError, match=r"s001\.png: cannot decode image header"):
+        PairedFolder(folder)
 
 
 def test_wrong_channel_count_names_the_file(folder):
@@ -156,3 +160,77 @@ def test_encoder_inputs_resizes_after_encoding():
     x = encoder_inputs(batch, ["rgb", "depth"], size=4)
     assert x["rgb"].shape == (2, 3, 4, 4) and x["depth"].shape == (2, 3, 4, 4)
     assert float(x["depth"].min()) >= 0 and float(x["depth"].max()) <= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry (each non-RGB frame against its RGB frame) and class subsets
+# ----------------------------------------------------------------------------------------------
+
+
+def _shrink_depth(folder, ids, size=4):
+    """Overwrite the depth PNG of `ids` with a size x size frame (2 m, one hole at the top left)."""
+    for sid in ids:
+        depth = np.full((1, size, size), 2.0, np.float32)
+        depth[0, 0, 0] = 0.0
+        write_image(folder / "depth" / f"{sid}.png", depth, "depth")
+
+
+def test_geometry_mismatch_names_the_first_file_the_count_and_the_fix(folder):
+    _shrink_depth(folder, ["s001", "s003"])
+    with pytest.raises(DataError, match=r"depth/s001\.png: depth frame is 4x4 \(W x H\) but its rgb frame "
+                                         r".*rgb/s001\.png is 8x8; 2 of 4 ids .*Resize those files.*"
+                                         r"align='resize_to_rgb'"):
+        PairedFolder(folder)
+    assert len(PairedFolder(folder, modalities=["depth"])) == 4  # nothing to compare against without rgb
+    with pytest.raises(DataError, match=r"align='stretch'; choose one of \['refuse', 'resize_to_rgb'\]"):
+        PairedFolder(folder, align="stretch")
+
+
+def test_geometry_resize_to_rgb_option_resizes_nearest(folder):
+    _shrink_depth(folder, ["s001", "s003"])
+    ds = PairedFolder(folder, align="resize_to_rgb")
+    d = ds[1].images["depth"]
+    assert d.shape == (1, 8, 8) and set(torch.unique(d).tolist()) == {0.0, 2.0}  # nearest: no blended holes
+    assert torch.all(d[0, :2, :2] == 0) and torch.all(d[0, 2:, 2:] == 2.0)
+    batch = collate_samples([ds[i] for i in range(4)])  # used to fail: "stack expects each tensor to be equal size"
+    assert batch["depth"].shape == (4, 1, 8, 8) and batch["thermal"].shape == (4, 1, 8, 8)
+    assert torch.equal(ds[0].images["depth"], PairedFolder(folder, modalities=["rgb", "depth"],
+                                                           align="resize_to_rgb")[0].images["depth"])
+
+
+def test_geometry_check_reads_headers_only_and_is_fast(tmp_path, monkeypatch):
+    """3000 ids x 3 modalities of 64 px PNGs (the embedded adapt split's shape) open in well under 2 s."""
+    from PIL import ImageFile
+
+    src = write_paired_folder(tmp_path / "one", _samples(1, size=64), ["cat", "dog"])
+    root = tmp_path / "big"
+    ids = [f"{i:05d}" for i in range(3000)]
+    for m in ("rgb", "depth", "thermal"):
+        (root / m).mkdir(parents=True)
+        data = (src / m / "s000.png").read_bytes()
+        for sid in ids:
+            (root / m / f"{sid}.png").write_bytes(data)
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "labels.csv").write_text("id,label\n" + "".join(f"{sid},cat\n" for sid in ids))
+
+    def no_decode(self, *args, **kwargs):
+        raise AssertionError("the geometry check decoded pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    import time
+
+    start = time.perf_counter()
+    ds = PairedFolder(root)
+    seconds = time.perf_counter() - start
+    assert len(ds) == 3000 and seconds < 2.0, seconds
+
+
+def test_class_names_subset_remaps_labels_and_unlabels_the_rest(folder):
+    ds = PairedFolder(folder, class_names=["dog"])
+    assert ds.class_names == ["dog"] and ds.labels == [None, 0, None, None]
+    swapped = PairedFolder(folder, class_names=["dog", "cat"])
+    assert swapped.labels == [1, 0, 1, None] and swapped[1].label == 0
+    with pytest.raises(DataError, match=r"classes\.txt: class names \['cow', 'pig'\] are not in classes\.txt"):
+        PairedFolder(folder, class_names=["cat", "cow", "pig"])
+    with pytest.raises(DataError, match=r"repeats \['cat'\]"):
+        PairedFolder(folder, class_names=["cat", "cat"])

@@ -92,9 +92,8 @@ class Evil:
 def test_corrupt_or_truncated_image(folder, modality):
     path = folder / modality / "s01.png"
     path.write_bytes(path.read_bytes()[:60])
-    ds = PairedFolder(folder)
     with raises_naming(DataError, path, "cannot decode image", "re-export the file"):
-        ds[1]
+        PairedFolder(folder)[1]  # refused when opened (header) or when decoded (pixels)
 
 
 def test_rgb_file_without_paired_nonrgb_file(folder):
@@ -646,3 +645,101 @@ def test_offline_by_default_open_clip_hub_files(no_sockets, tmp_path, monkeypatc
                                                     "EDGEVL_ALLOW_DOWNLOAD=1"):
         OpenClipTeacher(name, checkpoint=ckpt, device="cpu")
     assert no_sockets == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Issue 17: paired folders from a recipe (both layouts, class subsets, geometry), before any model is built
+# ----------------------------------------------------------------------------------------------
+
+
+def _split_folders(root: Path, n_adapt: int = 8, n_eval: int = 4) -> Path:
+    """The split-folder layout: root/adapt and root/eval, each a paired folder (FAKE_CLASSES, 8 px)."""
+    write_paired_folder(root / "adapt", fake_samples(n_adapt, 8, seed=1), ["chair", "lamp", "mug", "sofa"])
+    write_paired_folder(root / "eval", fake_samples(n_eval, 8, seed=2), ["chair", "lamp", "mug", "sofa"])
+    return root
+
+
+def test_load_splits_split_folders_layout(tmp_path):
+    from edgevl_lib.config import DataConfig
+    from edgevl_lib.pipeline import load_splits
+
+    adapt, evalset = load_splits(DataConfig(dataset="paired_folder", root=str(_split_folders(tmp_path / "d"))))
+    assert len(adapt) == 8 and len(evalset) == 4 and adapt.root == tmp_path / "d" / "adapt"
+    assert adapt.class_names == evalset.class_names == ["chair", "lamp", "mug", "sofa"]
+    with raises_naming(DataError, tmp_path / "d", "split folders", "point root"):
+        load_dataset("paired_folder", tmp_path / "d")  # split=None on split folders: which one?
+
+
+def test_load_splits_one_folder_layout_is_split_deterministically(tmp_path):
+    from edgevl_lib.config import DataConfig
+    from edgevl_lib.loaders import split_indices
+    from edgevl_lib.pipeline import load_splits
+
+    root = tmp_path / "one"
+    write_paired_folder(root, fake_samples(20, 8), ["chair", "lamp", "mug", "sofa"])
+    cfg = DataConfig(dataset="paired_folder", root=str(root))
+    adapt, evalset = load_splits(cfg)
+    whole = PairedFolder(root).ids
+    parts = split_indices(20, (0.8, 0.2), 0)
+    assert adapt.ids == [whole[i] for i in parts[0]] and evalset.ids == [whole[i] for i in parts[1]]
+    assert adapt.ids == load_splits(cfg)[0].ids  # deterministic
+    assert adapt[0].id == adapt.ids[0] and evalset.class_names == ["chair", "lamp", "mug", "sofa"]
+    other, held = load_splits(DataConfig(dataset="paired_folder", root=str(root),
+                                         options={"split_fractions": [0.5, 0.5], "split_seed": 3}))
+    parts = split_indices(20, (0.5, 0.5), 3)
+    assert other.ids == [whole[i] for i in parts[0]] and held.ids == [whole[i] for i in parts[1]]
+
+
+def test_paired_folder_with_both_layouts_or_neither(tmp_path):
+    root = _split_folders(tmp_path / "both")
+    (root / "classes.txt").write_text("chair\n")
+    with raises_naming(DataError, root, "both layouts", "Which one is meant"):
+        load_dataset("paired_folder", root, split="adapt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with raises_naming(DataError, empty, "not a paired folder", r"<root>/adapt/classes\.txt",
+                       r"<root>/classes\.txt") as err:
+        load_dataset("paired_folder", empty, split="adapt")
+    assert "embedded" not in str(err.value)
+
+
+def test_classes_with_paired_folder_from_the_recipe(tmp_path):
+    from edgevl_lib.config import DataConfig
+    from edgevl_lib.pipeline import load_splits
+
+    root = _split_folders(tmp_path / "d")
+    adapt, evalset = load_splits(DataConfig(dataset="paired_folder", root=str(root), classes=("mug", "chair")))
+    assert adapt.class_names == evalset.class_names == ["mug", "chair"]
+    source = PairedFolder(root / "adapt")  # labels i % 4 over chair, lamp, mug, sofa
+    expected = {0: 1, 2: 0}
+    assert adapt.labels == [expected.get(y) for y in source.labels] and None in adapt.labels
+    with raises_naming(DataError, root / "adapt" / "classes.txt", r"\['stool'\] are not in classes\.txt"):
+        load_splits(DataConfig(dataset="paired_folder", root=str(root), classes=("chair", "stool")))
+
+
+def test_split_folders_with_different_class_lists(tmp_path):
+    from edgevl_lib.config import DataConfig
+    from edgevl_lib.pipeline import load_splits
+
+    root = _split_folders(tmp_path / "d")
+    (root / "eval" / "classes.txt").write_text("chair\nmug\nlamp\nsofa\n")
+    with raises_naming(DataError, root / "adapt" / "classes.txt", "list different classes", "line 2: 'lamp' vs 'mug'"):
+        load_splits(DataConfig(dataset="paired_folder", root=str(root)))
+
+
+def test_mixed_frame_sizes_refused_before_any_model_or_resized_when_the_recipe_says_so(tmp_path):
+    from edgevl_lib.config import DataConfig
+    from edgevl_lib.pipeline import load_splits
+    from edgevl_lib.recipe import Recipe
+
+    root = _split_folders(tmp_path / "d")
+    small = root / "adapt" / "depth" / "s03.png"
+    data.write_image(small, np.full((4, 6), 2.0, np.float32), "depth")
+    with raises_naming(DataError, small, r"depth frame is 6x4 \(W x H\)", "rgb frame", "is 8x8", "1 of 8 ids",
+                       "align='resize_to_rgb'"):
+        load_splits(DataConfig(dataset="paired_folder", root=str(root)))
+    cfg = DataConfig(dataset="paired_folder", root=str(root), options={"align": "resize_to_rgb"})
+    adapt, _ = load_splits(cfg)
+    assert adapt[3].images["depth"].shape == (1, 8, 8)
+    assert Recipe(data=cfg).record()["resolved"]["data"]["options"] == {"align": "resize_to_rgb"}  # metrics.json
+    assert Recipe(data=cfg).hash != Recipe(data=DataConfig(dataset="paired_folder", root=str(root))).hash

@@ -5,6 +5,7 @@ import sys
 import types
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -18,6 +19,7 @@ from edgevl_lib.loaders import (
     DATASET_NAMES,
     EUROSAT_BANDS,
     EUROSAT_CLASSES,
+    SENTINEL2_BANDS,
     NYU_TEN_CLASSES,
     SCANNET_SCENE_TYPES,
     SUNRGBD,
@@ -214,6 +216,87 @@ def test_scannet_rejects_all_zero_and_8bit_depth(scannet_root):
         ds[1]
 
 
+# ScanNet variants: each written in its exact on-disk format
+
+
+def test_scannet_variant_zero_padded_frame_names(tmp_path):
+    root = _write_scannet(tmp_path / "scans", {"scene0002_00": "Office"}, frames=3)
+    for sub, ext in (("color", "jpg"), ("depth", "png")):
+        for i in range(3):
+            (root / "scene0002_00" / sub / f"{i}.{ext}").rename(root / "scene0002_00" / sub / f"{i * 100:06d}.{ext}")
+    ds = ScanNetFrames(root)
+    assert ds.ids == ["scene0002_00/000000", "scene0002_00/000100", "scene0002_00/000200"]
+    assert ds.variant == "sensreader" and ds[1].images["depth"][0, 30, 30].item() == pytest.approx(1.501)
+
+
+def test_scannet_variant_frames_25k_read_unlabeled_with_the_fix(tmp_path, caplog):
+    """scannet_frames_25k: color/000000.jpg (640x480 like depth), depth/000000.png, instance/, label/, pose/,
+    intrinsics_color.txt / intrinsics_depth.txt, and no <scene_id>.txt."""
+    scene = tmp_path / "scannet_frames_25k" / "scene0000_00"
+    for sub in ("color", "depth", "instance", "label", "pose"):
+        (scene / sub).mkdir(parents=True)
+    for k in (0, 100):
+        Image.fromarray(_two_tone_rgb(48, 64)).save(scene / "color" / f"{k:06d}.jpg", quality=95)
+        Image.fromarray(np.full((48, 64), 2000 + k, np.uint16)).save(scene / "depth" / f"{k:06d}.png")
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(scene / "label" / f"{k:06d}.png")
+        (scene / "pose" / f"{k:06d}.txt").write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    (scene / "intrinsics_color.txt").write_text("577.8 0 319.5 0\n0 577.8 239.5 0\n0 0 1 0\n0 0 0 1\n")
+    (scene / "intrinsics_depth.txt").write_text("577.8 0 319.5 0\n0 577.8 239.5 0\n0 0 1 0\n0 0 0 1\n")
+    ds = ScanNetFrames(scene.parent)
+    assert ds.variant == "scannet_frames_25k" and ds.ids == ["scene0000_00/000000", "scene0000_00/000100"]
+    assert ds.labels == [None, None] and "copy scans/<scene_id>/<scene_id>.txt" in caplog.text
+    assert ds[1].images["depth"][0, 0, 0].item() == pytest.approx(2.1) and ds[1].images["rgb"].shape == (3, 48, 64)
+    (scene / "scene0000_00.txt").write_text("sceneType = Office\n")
+    assert ScanNetFrames(scene.parent).labels == [SCANNET_SCENE_TYPES.index("office")] * 2
+
+
+def test_scannet_variant_png_colour_frames_read(tmp_path):
+    root = _write_scannet(tmp_path / "scans", {"scene0003_00": "Kitchen"}, frames=2)
+    for i in range(2):
+        jpg = root / "scene0003_00" / "color" / f"{i}.jpg"
+        Image.open(jpg).save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    s = ScanNetFrames(root)[1]
+    assert s.images["rgb"].shape == (3, 48, 64) and s.images["rgb"][0, 20, 5] > 0.8
+
+
+def test_scannet_variant_raw_sens_refused(tmp_path):
+    scene = tmp_path / "scans" / "scene0000_00"
+    scene.mkdir(parents=True)
+    (scene / "scene0000_00.sens").write_bytes(b"\x04\x00\x00\x00")
+    (scene / "scene0000_00.txt").write_text("sceneType = Office\n")
+    with pytest.raises(DataError, match=r"scene0000_00\.sens: a raw ScanNet sensor stream.*reader\.py.*"
+                                        r"--export_color_images --export_depth_images"):
+        ScanNetFrames(scene.parent)
+
+
+def test_scannet_variant_cpp_sensreader_refused(tmp_path):
+    scene = tmp_path / "scans" / "scene0000_00"
+    scene.mkdir(parents=True)
+    Image.fromarray(_two_tone_rgb(8, 8)).save(scene / "frame-000000.color.jpg")
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(scene / "frame-000000.depth.png")
+    (scene / "frame-000000.pose.txt").write_text("1 0 0 0\n")
+    with pytest.raises(DataError, match=r"frame-000000\.color\.jpg: exported by the C\+\+ SensReader.*"
+                                        r"Python SensReader"):
+        ScanNetFrames(scene.parent)
+
+
+def test_scannet_variant_scannetpp_refused(tmp_path):
+    scene = tmp_path / "data" / "0a5c013435"
+    for sub in ("iphone/rgb", "iphone/depth", "dslr/resized_images", "scans"):
+        (scene / sub).mkdir(parents=True)
+    Image.fromarray(_two_tone_rgb(8, 8)).save(scene / "iphone" / "rgb" / "frame_000000.jpg")
+    with pytest.raises(DataError, match=r"0a5c013435/iphone: a ScanNet\+\+ scene.*no scene-type labels"):
+        ScanNetFrames(scene.parent)
+
+
+def test_scannet_variant_8bit_depth_refused_when_opened(scannet_root):
+    Image.fromarray(np.full((48, 64), 9, np.uint8)).save(scannet_root / "scene0001_00" / "depth" / "0.png")
+    with pytest.raises(DataError, match=r"scene0001_00/depth/0\.png: depth PNG is L \(8-bit or colour\)"):
+        ScanNetFrames(scannet_root)
+    assert len(ScanNetFrames(scannet_root, modalities=["rgb"])) == 24
+
+
 # ----------------------------------------------------------------------------------------------
 # NYU Depth V2
 # ----------------------------------------------------------------------------------------------
@@ -243,9 +326,89 @@ def test_nyu_ten_class_mapping_and_bad_depth(tmp_path):
     bad = NYUDepthV2(_write_nyu(tmp_path / "b.mat", ["kitchen"] * 3, depth=depth))
     with pytest.raises(DataError, match=r"b\.mat\[1\]: depth holds NaN"):
         bad[1]
-    (tmp_path / "c.mat").write_bytes(b"MATLAB 5.0 MAT-file, not hdf5")
-    with pytest.raises(DataError, match=r"c\.mat: cannot open as HDF5"):
+    (tmp_path / "c.mat").write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+    with pytest.raises(DataError, match=r"c\.mat: cannot read as a MATLAB v5 / v7 file"):
         NYUDepthV2(tmp_path / "c.mat")
+    (tmp_path / "d.mat").write_bytes(b"\x89HDF\r\n truncated")
+    with pytest.raises(DataError, match=r"d\.mat: cannot open as HDF5"):
+        NYUDepthV2(tmp_path / "d.mat")
+
+
+# NYU Depth V2 variants
+
+
+def _write_nyu_v5(path: Path, scene_types: list[str]) -> Path:
+    """The labeled variables re-saved as MATLAB v5 (scipy.io.savemat): MATLAB's H x W x 3 x N, cells N x 1."""
+    import scipy.io
+
+    rgb, depth = _nyu_upright(len(scene_types))
+    cells = np.empty((len(scene_types), 1), dtype=object)
+    cells[:, 0] = scene_types
+    scenes = np.empty((len(scene_types), 1), dtype=object)
+    scenes[:, 0] = [f"{s}_{i // 2:04d}a" for i, s in enumerate(scene_types)]
+    scipy.io.savemat(path, {"images": rgb.transpose(1, 2, 3, 0), "depths": depth.transpose(1, 2, 0),
+                            "sceneTypes": cells, "scenes": scenes})
+    return path
+
+
+def test_nyu_variant_mat_v5_read_like_the_v73_release(tmp_path):
+    types_ = ["kitchen", "living_room", "cafe", "kitchen"]
+    v5 = NYUDepthV2(_write_nyu_v5(tmp_path / "v5.mat", types_))
+    v73 = NYUDepthV2(_write_nyu(tmp_path / "v73.mat", types_))
+    assert (tmp_path / "v5.mat").read_bytes().startswith(b"MATLAB 5.0 MAT-file")
+    assert v5.variant == "mat_v5" and v73.variant == "mat_v7.3"
+    assert v5.class_names == v73.class_names and v5.labels == v73.labels and v5.split_groups == v73.split_groups
+    for i in range(4):
+        a, b = v5[i].images, v73[i].images
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["depth"], b["depth"])
+
+
+def test_nyu_variant_folder_holding_the_labeled_mat(tmp_path):
+    _write_nyu(tmp_path / "nyu_depth_v2_labeled.mat", ["kitchen", "office"])
+    assert NYUDepthV2(tmp_path).mat_path == tmp_path / "nyu_depth_v2_labeled.mat"
+
+
+def test_nyu_variant_splits_mat_refused(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.arange(1, 796)[:, None],
+                                                "testNdxs": np.arange(796, 1450)[:, None]})
+    with pytest.raises(DataError, match=r"splits\.mat: this is splits\.mat .*nyu_depth_v2_labeled\.mat"):
+        NYUDepthV2(tmp_path / "splits.mat")
+
+
+def test_nyu_variant_densedepth_kaggle_refused(tmp_path):
+    """DenseDepth's nyu_data.zip: data/nyu2_train/<scene>_out/<n>.jpg + <n>.png (8-bit), data/nyu2_train.csv."""
+    scene = tmp_path / "data" / "nyu2_train" / "kitchen_0001_out"
+    scene.mkdir(parents=True)
+    Image.fromarray(_two_tone_rgb(6, 8)).save(scene / "1.jpg")
+    Image.fromarray(np.full((6, 8), 60, np.uint8)).save(scene / "1.png")
+    (tmp_path / "data" / "nyu2_train.csv").write_text("data/nyu2_train/kitchen_0001_out/1.jpg,"
+                                                     "data/nyu2_train/kitchen_0001_out/1.png\n")
+    with pytest.raises(DataError, match=r"nyu2_train\.csv: the DenseDepth / Kaggle repackaging.*8-bit.*"
+                                        r"nyu_depth_v2_labeled\.mat"):
+        NYUDepthV2(tmp_path)
+
+
+def test_nyu_variant_sparse_to_dense_h5_refused(tmp_path):
+    """sparse-to-dense / FastDepth nyudepthv2/train/<scene>/<n>.h5 with rgb (3 x H x W) and depth (H x W)."""
+    scene = tmp_path / "nyudepthv2" / "train" / "kitchen_0001a"
+    scene.mkdir(parents=True)
+    rgb, depth = _nyu_upright(1)
+    with h5py.File(scene / "00001.h5", "w") as f:
+        f.create_dataset("rgb", data=rgb[0].transpose(2, 0, 1))
+        f.create_dataset("depth", data=depth[0])
+    with pytest.raises(DataError, match=r"00001\.h5: the sparse-to-dense / FastDepth \.h5 repackaging"):
+        NYUDepthV2(tmp_path / "nyudepthv2")
+
+
+def test_nyu_variant_raw_dump_refused(tmp_path):
+    scene = tmp_path / "raw" / "bedroom_0001"
+    scene.mkdir(parents=True)
+    (scene / "INDEX.txt").write_text("a-1294886363.011060-3164794231.dump\n")
+    Image.fromarray(np.full((6, 8), 700, np.uint16)).save(scene / "d-1294886362.665769-3143174130.pgm")
+    with pytest.raises(DataError, match=r"INDEX\.txt: the raw NYUv2 dump"):
+        NYUDepthV2(tmp_path / "raw")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +451,53 @@ def test_sunrgbd_errors_name_the_file(tmp_path):
         SUNRGBD(root)
 
 
+# SUN RGB-D variants
+
+
+def test_sunrgbd_variant_toolbox_folder_refused(tmp_path):
+    toolbox = tmp_path / "SUNRGBDtoolbox"
+    (toolbox / "Metadata").mkdir(parents=True)
+    (toolbox / "traintestSUNRGBD").mkdir()
+    (toolbox / "Metadata" / "SUNRGBDMeta.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    (toolbox / "traintestSUNRGBD" / "allsplit.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    with pytest.raises(DataError, match=r"Metadata/SUNRGBDMeta\.mat: the SUNRGBDtoolbox.*SUNRGBD\.zip"):
+        SUNRGBD(toolbox)
+
+
+def test_sunrgbd_variant_votenet_export_refused(tmp_path):
+    """VoteNet / mmdetection3d sunrgbd_trainval: image/000001.jpg, depth/000001.mat, calib/, label/."""
+    import scipy.io
+
+    root = tmp_path / "sunrgbd_trainval"
+    for sub in ("image", "depth", "calib", "label"):
+        (root / sub).mkdir(parents=True)
+    for n in (1, 2):
+        Image.fromarray(_two_tone_rgb(6, 8)).save(root / "image" / f"{n:06d}.jpg")
+        scipy.io.savemat(root / "depth" / f"{n:06d}.mat", {"instance": np.zeros((10, 6), np.float32)})
+    with pytest.raises(DataError, match=r"sunrgbd_trainval: the VoteNet / mmdetection3d export"):
+        SUNRGBD(root)
+
+
+def test_sunrgbd_variant_8bit_depth_refused_when_opened(tmp_path):
+    root, _ = _write_sunrgbd(tmp_path / "SUNRGBD")
+    viz = root / "kv2" / "kinect2data" / "000002_2014-05-26_rgbf000103-resize" / "depth_bfx" / "0000103.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(viz)  # a colour-mapped visualisation
+    with pytest.raises(DataError, match=r"depth_bfx/0000103\.png: depth PNG is RGB \(8-bit or colour\).*SUNRGBD\.zip"):
+        SUNRGBD(root)
+    assert len(SUNRGBD(root, modalities=["rgb"])) == 3 and len(SUNRGBD(root, use_bfx=False)) == 3
+
+
+def test_sunrgbd_variant_without_depth_bfx_asks_for_use_bfx_false(tmp_path):
+    import shutil
+
+    root, _ = _write_sunrgbd(tmp_path / "SUNRGBD")
+    for bfx in list(root.rglob("depth_bfx")):
+        shutil.rmtree(bfx)
+    with pytest.raises(DataError, match=r"depth_bfx: no sample folder has depth_bfx/.*use_bfx=False"):
+        SUNRGBD(root)
+    assert SUNRGBD(root, use_bfx=False)[1].images["depth"][0, 5, 7] == 0.0
+
+
 # ----------------------------------------------------------------------------------------------
 # EuroSAT-MS
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +530,72 @@ def test_eurosat_errors(eurosat_root, tmp_path):
     tifffile.imwrite(tmp_path / "Forest" / "Forest_1.tif", np.zeros((64, 64, 3), np.uint16))
     with pytest.raises(DataError, match=r"Forest_1\.tif: shape \(64, 64, 3\), expected 13 bands"):
         EuroSATMS(tmp_path, class_names=["Forest"])[0]
+
+
+# EuroSAT variants
+
+
+def _write_eurosat_files(root: Path, cube: np.ndarray, order: Sequence[str], classes: Sequence[str]) -> Path:
+    """Class folders of one 13 x 64 x 64 `cube` (EUROSAT_BANDS order) stored with the bands `order`."""
+    stored = np.stack([cube[EUROSAT_BANDS.index(b)] for b in order])
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        tifffile.imwrite(root / cls / f"{cls}_1.tif", np.roll(stored, k, axis=-1).transpose(1, 2, 0),
+                         photometric="minisblack", planarconfig="contig")
+    return root
+
+
+def test_eurosat_variant_nested_zip_layout_read(eurosat_root, tmp_path):
+    _, cube = eurosat_root
+    nested = tmp_path / "ds" / "images" / "remote_sensing" / "otherDatasets" / "sentinel_2" / "tif"
+    _write_eurosat_files(nested, cube, EUROSAT_BANDS, EUROSAT_CLASSES[:2])
+    ds = EuroSATMS(tmp_path, class_names=EUROSAT_CLASSES[:2])
+    assert ds.root == nested and ds.ids == ["AnnualCrop/AnnualCrop_1", "Forest/Forest_1"]
+
+
+def test_eurosat_variant_rgb_jpeg_release_refused(tmp_path):
+    for cls in EUROSAT_CLASSES:
+        (tmp_path / "EuroSAT_RGB" / cls).mkdir(parents=True)
+        Image.fromarray(_two_tone_rgb(64, 64)).save(tmp_path / "EuroSAT_RGB" / cls / f"{cls}_1.jpg")
+    with pytest.raises(DataError, match=r"AnnualCrop_1\.jpg: the EuroSAT RGB release.*no SWIR.*EuroSAT_MS\.zip"):
+        EuroSATMS(tmp_path / "EuroSAT_RGB")
+    with pytest.raises(DataError, match=r"AnnualCrop_1\.jpg: the EuroSAT RGB release"):
+        EuroSATMS(tmp_path)  # a folder above it
+
+
+def test_eurosat_variant_12_bands_without_b10_refused_or_read_with_its_order(eurosat_root, tmp_path):
+    _, cube = eurosat_root
+    no_b10 = tuple(b for b in EUROSAT_BANDS if b != "B10")
+    root = _write_eurosat_files(tmp_path / "L2A", cube, no_b10, EUROSAT_CLASSES[:2])
+    with pytest.raises(DataError, match=r"AnnualCrop_1\.tif: shape \(64, 64, 12\), expected 13 bands.*12 bands: a "
+                                        r"re-packaging without B10.*band_order='eurosat_no_b10'"):
+        EuroSATMS(root, class_names=EUROSAT_CLASSES[:2])
+    ds = EuroSATMS(root, class_names=EUROSAT_CLASSES[:2], band_order="eurosat_no_b10")
+    official = EuroSATMS(_write_eurosat_files(tmp_path / "MS", cube, EUROSAT_BANDS, EUROSAT_CLASSES[:2]),
+                         class_names=EUROSAT_CLASSES[:2])
+    for i in range(2):
+        assert torch.equal(ds[i].images["rgb"], official[i].images["rgb"])
+        assert torch.equal(ds[i].images["swir"], official[i].images["swir"])
+
+
+def test_eurosat_variant_sentinel2_band_order_detected_and_read(eurosat_root, tmp_path):
+    _, cube = eurosat_root
+    root = _write_eurosat_files(tmp_path / "s2", cube, SENTINEL2_BANDS, EUROSAT_CLASSES[:3])
+    with pytest.raises(DataError, match=r"AnnualCrop_1\.tif: band 10 \(0-based\) is the lowest band in 3 of 3.*"
+                                        r"B10 at 9.*band_order='sentinel2'"):
+        EuroSATMS(root, class_names=EUROSAT_CLASSES[:3])
+    ds = EuroSATMS(root, class_names=EUROSAT_CLASSES[:3], band_order="sentinel2")
+    official = EuroSATMS(_write_eurosat_files(tmp_path / "MS", cube, EUROSAT_BANDS, EUROSAT_CLASSES[:3]),
+                         class_names=EUROSAT_CLASSES[:3])
+    assert all(torch.equal(ds[i].images["swir"], official[i].images["swir"]) for i in range(3))
+    assert len(EuroSATMS(root, class_names=EUROSAT_CLASSES[:3], verify_band_order=False)) == 3
+
+
+def test_eurosat_variant_parquet_export_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1")
+    with pytest.raises(DataError, match=r"train-00000-of-00001\.parquet: a Hugging Face parquet export"):
+        EuroSATMS(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
