@@ -546,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{result['label']}: batch {result['batch']} median {lat['median_ms']:.2f} ms "
           f"(p90 {lat.get('p90_ms', 0):.2f}, "
           f"{lat['runs']} runs, {result['threads']} threads, {result['providers'][0]}); "
-          f"throughput {', '.join(f'b{b}: {v:.1f} img/s' for b, v in result['throughput_ips'].items())}; "
+          f"throughput {', '.join(f'b{b}: {v:.0f} img/s' for b, v in result['throughput_ips'].items())}; "
           f"wrote {args.out}")
     return 0
 

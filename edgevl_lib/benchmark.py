@@ -496,7 +496,7 @@ def latency_table(latency: Mapping[str, Mapping[str, Any]], throughput: Mapping[
                   batch: int) -> dict[str, dict[str, float]]:
     """{engine: median / p10 / p90 ms, runs, images per second at `batch`} for display."""
     return {n: {"median ms": s["median_ms"], "p10 ms": s["p10_ms"], "p90 ms": s["p90_ms"], "runs": s["runs"],
-                f"img/s @ {batch}": throughput.get(n, {}).get("images_per_s", float("nan"))}
+                f"img/s @ {batch}": throughput.get(n, {}).get("images_per_s")}
             for n, s in latency.items()}
 
 

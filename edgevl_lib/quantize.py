@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -40,12 +41,10 @@ import torch.nn.functional as F
 from torch.export import Dim
 from torch.fx import GraphModule
 
-# torchao registers enums with torch's pytree at import, which torch 2.14 answers with one deprecation
-# warning per enum on the "torch.utils._pytree" logger; keep executed notebooks free of them.
-_pytree_log = logging.getLogger("torch.utils._pytree")
-_pytree_level = _pytree_log.level
-_pytree_log.setLevel(logging.ERROR)
-try:
+from .config import QuantConfig
+from .utils import PYTREE_LOGGER, atomic_path, quiet_logger
+
+with quiet_logger(PYTREE_LOGGER):  # torchao's enum registrations: one deprecation warning each on torch 2.14
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e import qat_utils as _qat_utils
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
@@ -53,11 +52,6 @@ try:
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
-finally:
-    _pytree_log.setLevel(_pytree_level)
-
-from .config import QuantConfig
-from .utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +283,7 @@ def compile_int8(model: torch.nn.Module, dynamic: bool | None = False) -> Callab
     compiled = torch.compile(model, dynamic=dynamic)
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True), _quiet_torch_noise():
             return compiled(*inputs)
 
     return run
@@ -315,7 +309,8 @@ def save_int8(model: GraphModule, path: str | os.PathLike, example_inputs: Input
     program = torch.export.export(used_only, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
     program.example_inputs = None  # not needed to run; would add one float input batch to the file
     buffer = io.BytesIO()
-    torch.export.save(program, buffer)
+    with _quiet_torch_noise(on_cpu=all(t.device.type == "cpu" for t in program.state_dict.values())):
+        torch.export.save(program, buffer)
     with atomic_path(path, suffix=".pt2") as tmp:
         tmp.write_bytes(buffer.getvalue())
     log.info("saved int8 program to %s (%d bytes)", path, model_size_bytes(path))
@@ -333,7 +328,29 @@ def load_int8(path: str | os.PathLike) -> GraphModule:
         ValueError: naming the file when it is not a .pt2 archive, uses the legacy layout, or holds pickles.
     """
     _refuse_pickled_pt2(Path(path))
-    return torch.export.load(path).module()
+    with _quiet_torch_noise():  # load_int8 maps every weight to the CPU
+        return torch.export.load(path).module()
+
+
+@contextlib.contextmanager
+def _quiet_torch_noise(on_cpu: bool = True) -> Iterator[None]:
+    """Silence three messages torch 2.14 prints on this flow that say nothing about the user's run:
+
+    - Inductor's int8 lowering copy-constructs a zero-point tensor ("To copy construct from a tensor ...",
+      a UserWarning from torch/_inductor/mkldnn_lowerings.py, torch's own code);
+    - compiling on a machine without a CUDA runtime logs "No CUDA runtime is found" (kept when CUDA is present,
+      where it would mean a broken install);
+    - torch.export's weight packer warns "No complete tensor found in the group", which only matters for
+      weights off the CPU (`on_cpu=False` keeps it).
+    Every other warning passes through.
+    """
+    no_cuda = quiet_logger("torch.utils.cpp_extension") if not torch.cuda.is_available() else contextlib.nullcontext()
+    with warnings.catch_warnings(), no_cuda:
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                                module=r"torch\._inductor\.mkldnn_lowerings")
+        if on_cpu:
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+        yield
 
 
 def _refuse_pickled_pt2(path: Path) -> None:

@@ -67,7 +67,8 @@ def execute_notebook(path: Path, out_root: Path, smoke: bool, parameters: dict |
     with atomic_path(out_nb) as tmp:
         try:
             pm.execute_notebook(str(path), str(tmp), parameters=params, cwd=str(PROJECT_ROOT),
-                                progress_bar=False, log_output=False, kernel_name="python3")
+                                progress_bar=False, log_output=False, kernel_name="python3",
+                                kernel_manager_class=ipc_kernel_manager())
         except pm.PapermillExecutionError as exc:
             status = "not built" if exc.ename == "NotImplementedError" else "failed"
             message = f"{exc.ename}: {exc.evalue}"
@@ -75,6 +76,22 @@ def execute_notebook(path: Path, out_root: Path, smoke: bool, parameters: dict |
     if html:
         export_html(out_nb, out_dir / f"{path.stem}.html")
     return NotebookResult(path.stem, status, seconds, message, reuse_log(out_nb))
+
+
+def ipc_kernel_manager() -> type:
+    """jupyter_client's AsyncKernelManager on IPC transport (unix sockets in the Jupyter runtime folder).
+
+    Over the default TCP transport, ipykernel >= 7 warns on every start that the kernel "is running over TCP without
+    encryption"; a local unix socket (readable by this user only) is the safe way to silence it for the runner.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+
+    return IpcKernelManager
 
 
 REUSE_WORDS = ("reused", "not found", "retrained", "rebuilt", "resum")

@@ -490,8 +490,8 @@ def train_stage1(cfg: Stage1Config, dataset: data.PairedDataset, cache: Embeddin
         last_checkpoint = _student_path(ckpt_dir, epoch + 1)
         if world > 1:
             dist.barrier()
-        log.info("stage 1 epoch %d/%d: loss %.5f %s, %.1f s, lr %.2e", record["epoch"], cfg.epochs, record["loss"],
-                 {k: round(v, 5) for k, v in record["parts"].items()}, record["seconds"], record["lr"])
+        log.info("stage 1 epoch %d/%d: loss %.4g %s, %.1f s, lr %.2e", record["epoch"], cfg.epochs, record["loss"],
+                 {k: float(f"{v:.4g}") for k, v in record["parts"].items()}, record["seconds"], record["lr"])
         for callback in callbacks or ():
             callback(record, student)
     student.eval()
@@ -903,8 +903,8 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         for old in ckpt_dir.glob("best_*.safetensors"):  # after the commit: state.json names the kept one
             if old.name != best.get("weights"):
                 old.unlink()
-        log.info("stage 2 epoch %d/%d: loss %.5f %s, %d triplets on %d anchors, %.1f s%s%s%s", record["epoch"],
-                 cfg.epochs, record["loss"], {k: round(v, 5) for k, v in record["parts"].items()}, mined, anchors,
+        log.info("stage 2 epoch %d/%d: loss %.4g %s, %d triplets on %d anchors, %.1f s%s%s%s", record["epoch"],
+                 cfg.epochs, record["loss"], {k: float(f"{v:.4g}") for k, v in record["parts"].items()}, mined, anchors,
                  record["seconds"], f" (bank refresh {bank_seconds:.1f} s)" if use_bank else "",
                  f", |∇L_c|/|∇L_d| {record['grad_ratio']:.3g}" if ratios else "",
                  f", held-out {record['holdout_score']:.4f}" if held_rows else "")

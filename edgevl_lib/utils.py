@@ -112,6 +112,53 @@ def save_metrics(out_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
     return write_json(Path(out_dir) / "metrics.json", metrics)
 
 
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise logger `name` to `level` for the block, then restore it (for third-party noise at import time)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+# torchao registers enums with torch's pytree when it is first imported (by quantize, or by transformers through
+# sentence_transformers), which torch 2.14 answers with one deprecation warning per enum: say nothing to users
+PYTREE_LOGGER = "torch.utils._pytree"
+
+
+def notebook_logging(level: int = logging.INFO) -> None:
+    """A notebook's log: the workbench's own messages at `level`, other libraries' at WARNING and above only
+    (open_clip and sentence_transformers log their configuration at INFO on every model they build)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("edgevl_lib").setLevel(level)
+
+
+def rounded(value: Any, digits: int = 3) -> Any:
+    """`value` with every float inside (dicts, lists, tuples, numpy scalars) rounded to `digits` decimals, for
+    printouts people read; a nonzero float below 10^-digits keeps two significant figures instead (a p-value of
+    1.1e-05 stays 1.1e-05, not 0.0), and one of 1000 or more becomes a whole number (10568 img/s). Ints, bools,
+    strings and None pass unchanged; metrics.json keeps full precision.
+
+    >>> rounded({"rgb": 0.19466666666666665, "ci": [0.8104166, 0.8420938], "n": 750, "p": 1.1057e-05})
+    {'rgb': 0.195, 'ci': [0.81, 0.842], 'n': 750, 'p': 1.1e-05}
+    """
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(rounded(v, digits) for v in value)
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        if np.isfinite(x) and abs(x) >= 1000:
+            return int(round(x))
+        if x == 0 or not np.isfinite(x) or abs(x) >= 10.0 ** -digits:
+            return round(x, digits)
+        return round(x, 1 - int(np.floor(np.log10(abs(x)))))
+    return value
+
+
 def save_figure(fig: Any, out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path:
     """Save a matplotlib figure to `<out_dir>/figures/<name>.png` atomically and return the path."""
     path = Path(out_dir) / "figures" / f"{name}.png"

@@ -3,6 +3,7 @@ same seed gives the same metrics.json (determinism) in a second run from an empt
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import nbformat
@@ -74,6 +75,35 @@ def test_every_notebook_runs(smoke_reports):
     assert [s for s in results] == [p.stem for p in run.list_notebooks()]
     for stem, r in results.items():
         assert r.status == "ok", f"{stem}: {r.status} {r.message}"
+
+
+NOISE = ("No complete tensor found", "No CUDA runtime is found", "running over TCP without encryption",
+         "To copy construct from a tensor")
+NUMBER = re.compile(r"(?<![\w.])(\d+)\.(\d+)(?![\w.])")
+
+
+def _too_precise(line: str) -> bool:
+    """A printed decimal with more than 5 significant digits (0.42852167279960846, pandas' 0.825417)."""
+    return any(len((whole + frac).strip("0")) > 5 for whole, frac in NUMBER.findall(line))
+
+
+def _printed(notebook) -> list[str]:
+    """Every line an executed notebook shows: streams, plain-text results and tables."""
+    lines = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            lines += "".join(text).splitlines()
+    return lines
+
+
+def test_notebooks_print_rounded_numbers_and_no_known_noise(smoke_reports):
+    out, _ = smoke_reports
+    for path in run.list_notebooks():
+        lines = _printed(out / path.stem / f"{path.stem}.ipynb")
+        assert lines, path.stem
+        assert [ln for ln in lines if any(n in ln for n in NOISE)] == [], path.stem
+        assert [ln for ln in lines if _too_precise(ln)] == [], path.stem
 
 
 def test_curation_notebook_writes_its_metrics_and_figures(smoke_reports):

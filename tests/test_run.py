@@ -214,3 +214,12 @@ def test_the_runner_writes_an_index_linking_every_report(books):
     links = re.findall(r'(?:href|src)="([^"]+)"', page)
     assert links and all((out / link).is_file() for link in links), links
     assert 'class="failed">failed' in page and 'class="ok">ok' in page
+
+
+def test_the_runner_starts_kernels_over_ipc_so_ipykernel_has_no_tcp_warning(books, capfd):
+    result = run.execute_notebook(run.NOTEBOOK_DIR / "01_ok.ipynb", books / "reports", smoke=True, html=False)
+    assert result.status == "ok"
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's stderr is this process's fd 2
+    assert issubclass(run.ipc_kernel_manager(), __import__("jupyter_client").manager.AsyncKernelManager)
+    km = run.ipc_kernel_manager()(kernel_name="python3")
+    assert km.transport == "ipc"

@@ -49,3 +49,35 @@ def test_a_failed_write_leaves_nothing(tmp_path, umask):
             tmp.write_text("{half")
             raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rounded_rounds_every_float_inside_and_keeps_small_values_significant():
+    import numpy as np
+
+    from edgevl_lib.utils import rounded
+
+    value = {"acc": 0.19466666666666665, "ci": [0.8104166, np.float32(0.8420938)], "n": 750, "ok": True,
+             "p": 1.1057e-05, "name": "rgb", "pair": (2.0 / 3.0, -0.00045678), "none": None}
+    assert rounded(value) == {"acc": 0.195, "ci": [0.81, 0.842], "n": 750, "ok": True, "p": 1.1e-05,
+                              "name": "rgb", "pair": (0.667, -0.00046), "none": None}
+    assert rounded(10567.65) == 10568 and rounded(12.34567, 2) == 12.35 and rounded(0.0) == 0.0 and np.isnan(rounded(float("nan")))
+    assert isinstance(rounded(np.float64(0.5)), float)
+
+
+def test_notebook_logging_shows_the_workbench_info_and_hides_other_libraries_info():
+    import logging
+
+    from edgevl_lib.utils import notebook_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    notebook_logging()
+    try:
+        assert logging.getLogger("edgevl_lib.train").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("open_clip").isEnabledFor(logging.INFO)
+        assert not logging.getLogger().isEnabledFor(logging.INFO)  # open_clip logs on the root logger
+        assert logging.getLogger("root").isEnabledFor(logging.WARNING)
+    finally:
+        logging.getLogger("edgevl_lib").setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)

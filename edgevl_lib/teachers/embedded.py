@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevl_lib.config import TeacherConfig
-from edgevl_lib.utils import atomic_path, cache_dir, get_device, progress, seed_everything
+from edgevl_lib.utils import PYTREE_LOGGER, atomic_path, cache_dir, get_device, progress, quiet_logger, seed_everything
 
 from .protocol import TeacherCheckpointError, TeacherWeightsMissing, norm_tag, resize_and_normalize
 
@@ -141,7 +141,8 @@ class MiniLMTextEncoder(nn.Module):
     def st(self) -> Any:
         """The SentenceTransformer (loaded on first use)."""
         if self._st is None:
-            from sentence_transformers import SentenceTransformer
+            with quiet_logger(PYTREE_LOGGER):  # transformers imports torchao when it is installed
+                from sentence_transformers import SentenceTransformer
 
             self._st = SentenceTransformer(str(minilm_path()), device=self.device_name, local_files_only=True)
             self._st.eval().requires_grad_(False)
