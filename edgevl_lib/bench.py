@@ -14,12 +14,17 @@ the notebook plots every result JSON it finds there beside its local numbers.
 Providers: `cpu`, `cuda`, `tensorrt` are ONNX Runtime execution providers (`tensorrt` = ORT's TensorRT EP, needs
 an onnxruntime-gpu build with it, e.g. the Jetson Zoo wheel); `trtexec` runs NVIDIA's `trtexec` (shipped with
 TensorRT / JetPack at `/usr/src/tensorrt/bin/trtexec`), which builds an int8 engine from the Q/DQ ONNX and times
-it. The equivalent command line (explicit quantization: the engine takes its int8 scales from the Q/DQ nodes,
-no calibration cache; `--fp16` lets layers without Q/DQ run in half precision):
+it. Explicit quantization everywhere: the engine takes its int8 scales from the Q/DQ nodes, no calibration cache.
+The flags depend on the TensorRT version, which `trtexec_mode` reads from trtexec's banner (`[TensorRT v100300]`):
 
-    /usr/src/tensorrt/bin/trtexec --onnx=student_int8_trt.onnx --int8 --fp16 \\
-        --shapes=images:1x3x224x224 --saveEngine=student_int8.engine \\
-        --warmUp=500 --iterations=200 --avgRuns=200 --useCudaGraph --noDataTransfers
+    # TensorRT 8.x / 9.x (JetPack 5): weakly typed; --int8 enables the Q/DQ kernels, --fp16 lets layers without
+    # Q/DQ run in half precision
+    trtexec --onnx=student_int8_trt.onnx --int8 --fp16 --shapes=images:1x3x224x224 --saveEngine=student_int8.engine
+    # TensorRT 10.x (JetPack 6) and 11: strongly typed; every tensor keeps the type the ONNX gives it (int8 between
+    # Q and DQ, fp32 elsewhere), no precision flags (TensorRT 10.1 deprecates implicit int8, 11 drops --int8)
+    trtexec --onnx=student_int8_trt.onnx --stronglyTyped --shapes=images:1x3x224x224 --saveEngine=student_int8.engine
+
+both followed by the timing flags `--warmUp=500 --iterations=200 --avgRuns=200 --useCudaGraph --noDataTransfers`.
 
 TensorRT accepts only symmetric signed int8 Q/DQ (zero point 0). The x86 int8 student uses unsigned asymmetric
 activations, so give TensorRT the `*_trt.onnx` file (`export.to_tensorrt_qdq`), not the x86 one.
@@ -358,15 +363,52 @@ def find_trtexec() -> str | None:
     return next((p for p in TRTEXEC_PATHS if Path(p).is_file()), None)
 
 
+TRT_MODES: tuple[str, ...] = ("auto", "int8-flag", "strongly-typed")
+
+
+def tensorrt_version(banner: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) from trtexec's banner `&&&& RUNNING TensorRT.trtexec [TensorRT v100300]` (10.3.0;
+    TensorRT 8 writes v8601 = 8.6.1); None when absent.
+
+    >>> tensorrt_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec"), tensorrt_version("[TensorRT v100300]")
+    ((8, 5, 2), (10, 3, 0))
+    """
+    match = re.search(r"TensorRT v(\d+)\]", banner)
+    if not match:
+        return None
+    v = int(match.group(1))
+    return (v // 10000, v // 100 % 100, v % 100) if v >= 100000 else (v // 1000, v // 100 % 10, v % 100)
+
+
+def trtexec_mode(trtexec: str, mode: str = "auto") -> str:
+    """`int8-flag` (TensorRT < 10: `--int8 --fp16`) or `strongly-typed` (TensorRT >= 10: `--stronglyTyped`);
+    `auto` asks trtexec its version (`trtexec --help` prints the banner) and falls back to `int8-flag`."""
+    if mode not in TRT_MODES:
+        raise BenchError(f"--trt-mode {mode!r}: choose one of {list(TRT_MODES)}")
+    if mode != "auto":
+        return mode
+    proc = subprocess.run([trtexec, "--help"], capture_output=True, text=True, check=False)
+    version = tensorrt_version(proc.stdout + proc.stderr)
+    return "strongly-typed" if version is not None and version[0] >= 10 else "int8-flag"
+
+
 def trtexec_command(trtexec: str, onnx_path: str | os.PathLike, input_name: str, shape: Sequence[int],
                     runs: int = 200, warmup_ms: int = 500, engine_path: str | os.PathLike | None = None,
-                    fp16: bool = True) -> list[str]:
+                    fp16: bool = True, mode: str = "int8-flag") -> list[str]:
     """The trtexec command line that builds an int8 engine from a Q/DQ ONNX at `shape` and times `runs` calls.
+
+    `mode`: `int8-flag` (TensorRT 8 / 9: `--int8 [--fp16]`) or `strongly-typed` (TensorRT 10 / 11:
+    `--stronglyTyped`, no precision flags; the Q/DQ nodes fix every int8 tensor, the rest stays fp32).
 
     >>> trtexec_command("trtexec", "m.onnx", "images", (1, 3, 224, 224))[:4]
     ['trtexec', '--onnx=m.onnx', '--int8', '--fp16']
+    >>> trtexec_command("trtexec", "m.onnx", "images", (1, 3, 224, 224), mode="strongly-typed")[:3]
+    ['trtexec', '--onnx=m.onnx', '--stronglyTyped']
     """
-    cmd = [trtexec, f"--onnx={onnx_path}", "--int8", *(["--fp16"] if fp16 else []),
+    if mode not in TRT_MODES[1:]:
+        raise BenchError(f"trtexec mode {mode!r}: choose one of {list(TRT_MODES[1:])}")
+    precision = ["--stronglyTyped"] if mode == "strongly-typed" else ["--int8", *(["--fp16"] if fp16 else [])]
+    cmd = [trtexec, f"--onnx={onnx_path}", *precision,
            f"--shapes={input_name}:{'x'.join(str(int(d)) for d in shape)}", f"--warmUp={warmup_ms}",
            f"--iterations={runs}", f"--avgRuns={runs}", "--useCudaGraph", "--noDataTransfers"]
     if engine_path:
@@ -376,7 +418,7 @@ def trtexec_command(trtexec: str, onnx_path: str | os.PathLike, input_name: str,
 
 def benchmark_trtexec(path: str | os.PathLike, *, batch: int = 1, runs: int = 200, warmup_ms: int = 500,
                       image_size: int | str = "auto", engine_path: str | os.PathLike | None = None,
-                      label: str | None = None) -> dict[str, Any]:
+                      label: str | None = None, mode: str = "auto") -> dict[str, Any]:
     """Build a TensorRT int8 engine from the Q/DQ ONNX with trtexec and time it (Jetson / NVIDIA GPU only).
 
     Not exercised by the tests (no GPU here) beyond `parse_trtexec` and `trtexec_command`.
@@ -390,7 +432,7 @@ def benchmark_trtexec(path: str | os.PathLike, *, batch: int = 1, runs: int = 20
                          f"{list(TRTEXEC_PATHS)}; it ships with TensorRT / JetPack")
     session = open_session(path, "cpu", 1)  # only to read the input name / shape / metadata
     name, shape = session.get_inputs()[0].name, input_shape(session, batch, image_size)
-    cmd = trtexec_command(trtexec, path, name, shape, runs, warmup_ms, engine_path)
+    cmd = trtexec_command(trtexec, path, name, shape, runs, warmup_ms, engine_path, mode=trtexec_mode(trtexec, mode))
     log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -412,8 +454,10 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike, engine_path: str | os.Pa
                           input_name: str = "images", fp16: bool = True, workspace_gb: float = 1.0) -> dict[str, Any]:
     """Build and save a TensorRT engine from a Q/DQ ONNX with the `tensorrt` Python API (explicit quantization).
 
-    UNTESTED HERE (no TensorRT on the development machine); written for TensorRT 8.5 (JetPack 5) to 10. The int8
-    precision comes from the Q/DQ nodes (no calibrator); `fp16` lets layers without Q/DQ run in half precision.
+    UNTESTED HERE (no TensorRT on the development machine); written for TensorRT 8.5 (JetPack 5) to 11. The int8
+    precision comes from the Q/DQ nodes (no calibrator). TensorRT < 10: a weakly typed network with the INT8 flag
+    (`fp16` lets layers without Q/DQ run in half precision); TensorRT >= 10: a strongly typed network, no
+    precision flags (10.1 deprecates implicit int8, 11 removes the INT8 flag).
     Time the engine with `trtexec --loadEngine=<engine_path>` (or use `--provider trtexec`, which builds and times).
 
     Returns:
@@ -430,7 +474,9 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike, engine_path: str | os.Pa
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    strongly_typed = int(trt.__version__.split(".")[0]) >= 10
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed
+                                     else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -438,9 +484,10 @@ def build_tensorrt_engine(onnx_path: str | os.PathLike, engine_path: str | os.Pa
                          "int8: use the *_trt.onnx file)")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    config.set_flag(trt.BuilderFlag.INT8)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    if int(trt.__version__.split(".")[0]) < 10:  # TensorRT 10 / 11: the Q/DQ nodes alone make int8 layers
+        config.set_flag(trt.BuilderFlag.INT8)
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, tuple(shape), tuple(shape), tuple(shape))
     config.add_optimization_profile(profile)
@@ -513,6 +560,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput-batch", type=int, default=8, help="batch of the throughput run (0 = skip)")
     p.add_argument("--throughput-runs", type=int, default=20, help="timed calls of the throughput run")
     p.add_argument("--engine", default=None, help="trtexec only: also save the built engine here")
+    p.add_argument("--trt-mode", choices=TRT_MODES, default="auto", help="trtexec only: int8-flag (TensorRT 8/9: "
+                   "--int8 --fp16), strongly-typed (TensorRT 10/11: --stronglyTyped), auto (from trtexec's version)")
     p.add_argument("--build-engine", default=None, help="also build a TensorRT engine here with the tensorrt Python "
                    "API (needs tensorrt; recorded under tensorrt_engine)")
     p.add_argument("--label", default=None, help="name of this result in plots (default: the file's stem)")
@@ -527,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.provider == "trtexec":
             result = benchmark_trtexec(args.onnx, batch=args.batch, runs=args.runs, image_size=args.image_size,
-                                       engine_path=args.engine, label=args.label)
+                                       engine_path=args.engine, label=args.label, mode=args.trt_mode)
         else:
             result = benchmark_onnx(args.onnx, batch=args.batch, runs=args.runs, warmup=args.warmup,
                                     threads=args.threads, provider=args.provider, image_size=args.image_size,

@@ -504,6 +504,8 @@ class EdgeBenchmarkConfig:
         runs: timed batch-1 calls per engine; baseline_runs those of the slow fp32 torch engines.
         warmup: untimed calls first (slow fp32 torch engines: at most 5).
         throughput_batch, throughput_runs: the throughput measurement.
+        project_throughput_batch, project_throughput_runs: that of the project's student (64 px: a larger batch).
+        variant_runs: timed batch-1 calls per file in the table of int8 variants of the paper-scale student.
         paper_arch, paper_embed_dim, paper_image_size: the paper-scale student (random weights, PTQ).
         calibration_batches: PTQ batches (8 random images each) of the paper-scale student.
         clip_model: EdgeVL's CLIP-B (open_clip architecture, random weights: timing only).
@@ -518,6 +520,9 @@ class EdgeBenchmarkConfig:
     warmup: int = 20
     throughput_batch: int = 8
     throughput_runs: int = 6
+    project_throughput_batch: int = 32
+    project_throughput_runs: int = 10
+    variant_runs: int = 30
     paper_arch: str = "vit_small_patch16_224"
     paper_embed_dim: int = 512
     paper_image_size: int = 224
@@ -529,11 +534,13 @@ class EdgeBenchmarkConfig:
 
     def __post_init__(self) -> None:
         for name in ("threads", "runs", "baseline_runs", "throughput_batch", "throughput_runs", "paper_embed_dim",
-                     "calibration_batches", "gpu_runs"):
+                     "calibration_batches", "gpu_runs", "project_throughput_batch", "project_throughput_runs",
+                     "variant_runs"):
             check(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
         check(self.warmup >= 0, "warmup", "must be >= 0", self.warmup)
 
     def smoke(self) -> "EdgeBenchmarkConfig":
         return dataclasses.replace(self, paper_arch="vit_tiny_test", paper_embed_dim=16, paper_image_size=32,
                                    calibration_batches=1, runs=10, baseline_runs=3, warmup=2, throughput_batch=4,
-                                   throughput_runs=2, gpu_runs=10, clip_model="ViT-S-32")
+                                   throughput_runs=2, gpu_runs=10, clip_model="ViT-S-32", project_throughput_batch=4,
+                                   project_throughput_runs=2, variant_runs=3)

@@ -35,7 +35,7 @@ import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -357,6 +357,347 @@ def to_tensorrt_qdq(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime's own int8 file: a graph its CPU kernels fuse completely
+# ----------------------------------------------------------------------------------------------
+# The PT2E export keeps what the x86 Inductor quantizer left float: timm's tf_* "same"-padded stride-2 convs (the
+# stem and four depthwise convs) with their QAT batch-norm (conv -> Div -> BatchNormalization), residual Adds fed by
+# float conv outputs, and timm's flatten as an as_strided Gather. ORT then runs 24 convs in float, shuttling NHWC
+# int8 tensors through Transpose / Reorder nodes: slower than fp32. `ort_int8` rebuilds the float graph the int8
+# file encodes (weights de-quantized onto their trained grid), folds those batch norms, and re-quantizes it with
+# onnxruntime.quantization, handing it the trained scales / zero points of every tensor PT2E quantized
+# (TensorQuantOverrides; exact grid, weights included) and MinMax ranges on calibration images for the rest.
+
+
+def _array(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def _nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Copies of the model's nodes (the rewrites edit them; the input model stays as it was)."""
+    copies = []
+    for node in model.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copies.append(copy)
+    return copies
+
+
+def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _rebuild(model: onnx.ModelProto, nodes: list[onnx.NodeProto], consts: Mapping[str, np.ndarray]
+             ) -> onnx.ModelProto:
+    """A copy of `model` with `nodes` (dead ones dropped) and the constants they read; metadata kept."""
+    needed, live = {o.name for o in model.graph.output}, []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= set(node.input)
+    graph = onnx.helper.make_graph(live[::-1], model.graph.name, model.graph.input, model.graph.output,
+                                   [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items() if k in needed])
+    out = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def dequantized_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, list[dict[str, Any]]]]:
+    """The float graph an int8 Q/DQ file encodes, and the quantization grid of each tensor it quantized.
+
+    Weights: W = (q - z) s per channel (float values that lie exactly on the trained int8 grid); activations:
+    each QuantizeLinear -> DequantizeLinear pair is removed and its (s, z) recorded on the tensor it quantized.
+    Constant Mul nodes (QAT's weight x scale factor) are folded.
+
+    Returns:
+        (float model, {tensor: [{"scale", "zero_point"[, "axis"]}, ...]}) in onnxruntime.quantization's
+        `TensorQuantOverrides` form (one dict per channel for per-channel weights).
+    """
+    consts = _array(model)
+    nodes = _nodes(model)
+    consumers = _consumers(nodes)
+    grid: dict[str, list[dict[str, Any]]] = {}
+    rename: dict[str, str] = {}
+    removed: set[int] = set()
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+            q, scale = consts[node.input[0]], consts[node.input[1]]
+            zero = consts[node.input[2]] if len(node.input) > 2 else np.zeros(np.shape(scale), q.dtype)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            if np.ndim(scale) == 1:
+                shape[axis] = -1
+            consts[node.output[0]] = ((q.astype(np.float32) - np.reshape(zero, shape).astype(np.float32))
+                                      * np.reshape(scale, shape)).astype(np.float32)
+            if np.ndim(scale) == 1:
+                grid[node.output[0]] = [{"scale": np.asarray(sc, np.float32), "zero_point": np.asarray(zp, q.dtype)}
+                                        for sc, zp in zip(scale, np.broadcast_to(zero, scale.shape))]
+                grid[node.output[0]][0]["axis"] = axis
+            removed.add(id(node))
+        elif (node.op_type == "QuantizeLinear" and consumers.get(node.output[0])
+              and all(c.op_type == "DequantizeLinear" for c in consumers[node.output[0]])):
+            grid[node.input[0]] = [{"scale": np.asarray(consts[node.input[1]], np.float32).reshape(()),
+                                    "zero_point": np.asarray(consts[node.input[2]]).reshape(())}]
+            removed.add(id(node))
+            for dq in consumers[node.output[0]]:
+                removed.add(id(dq))
+                rename[dq.output[0]] = node.input[0]
+    kept = []
+    for node in nodes:
+        if id(node) in removed:
+            continue
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        if node.op_type == "Mul" and all(i in consts for i in node.input):
+            consts[node.output[0]] = (consts[node.input[0]] * consts[node.input[1]]).astype(np.float32)
+            continue
+        kept.append(node)
+    if any(o.name in rename for o in model.graph.output):
+        raise ExportError("the graph output is a DequantizeLinear; export the model with a float output")
+    return _rebuild(model, kept, consts), grid
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Fold every Conv -> [Div by a per-channel constant ->] BatchNormalization into the Conv (weights and bias).
+
+    conv(x, W)/d then BN: y = gamma (conv(x, W)/d + b/d - mu) / sqrt(var + eps) + beta, so
+    W' = W gamma / (d sqrt(var + eps)) and b' = (b/d - mu) gamma / sqrt(var + eps) + beta, per output channel.
+    The Div is what PT2E's QAT conv-bn fusion leaves when the conv itself was not quantized.
+
+    Returns:
+        (model, number of batch norms folded).
+    """
+    consts, nodes = _array(model), _nodes(model)
+    consumers = _consumers(nodes)
+    dropped: set[int] = set()
+    for conv in nodes:
+        if conv.op_type != "Conv" or conv.input[1] not in consts:
+            continue
+        nxt = consumers.get(conv.output[0], [])
+        div = nxt[0] if len(nxt) == 1 and nxt[0].op_type == "Div" and nxt[0].input[1] in consts else None
+        after = consumers.get(div.output[0], []) if div is not None else nxt
+        bn = after[0] if len(after) == 1 and after[0].op_type == "BatchNormalization" else None
+        if bn is None or not all(i in consts for i in bn.input[1:5]):
+            continue
+        gamma, beta, mean, var = (consts[i].astype(np.float64) for i in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        weight = consts[conv.input[1]].astype(np.float64)
+        bias = (consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2]
+                else np.zeros(weight.shape[0]))
+        d = consts[div.input[1]].reshape(-1).astype(np.float64) if div is not None else np.ones(weight.shape[0])
+        k = gamma / np.sqrt(var + eps)
+        name = bn.output[0]
+        consts[f"{name}_folded_w"] = (weight * (k / d).reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32)
+        consts[f"{name}_folded_b"] = ((bias / d - mean) * k + beta).astype(np.float32)
+        conv.input[:] = [conv.input[0], f"{name}_folded_w", f"{name}_folded_b"]
+        conv.output[0] = name
+        dropped |= {id(bn)} | ({id(div)} if div is not None else set())
+    folded = sum(1 for n in nodes if id(n) in dropped and n.op_type == "BatchNormalization")
+    return _rebuild(model, [n for n in nodes if id(n) not in dropped], consts), folded
+
+
+def simplify_global_pool(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """Replace `ReduceMean(x, axes=[2, 3], keepdims=1) -> ... -> Gemm` (timm's pool, then a flatten that the exporter
+    writes as an as_strided Range / Gather chain) by `GlobalAveragePool -> Flatten(axis=1) -> Gemm`.
+
+    Only the one-ReduceMean-one-Gemm pattern is touched; `ort_int8` checks the rewrite against the original
+    numerically. Returns (model, whether it was rewritten).
+    """
+    consts, nodes = _array(model), _nodes(model)
+    means = [n for n in nodes if n.op_type == "ReduceMean"]
+    gemms = [n for n in nodes if n.op_type == "Gemm"]
+    if len(means) != 1 or len(gemms) != 1:
+        return model, False
+    mean, gemm = means[0], gemms[0]
+    axes = consts.get(mean.input[1]) if len(mean.input) > 1 else None
+    keepdims = next((a.i for a in mean.attribute if a.name == "keepdims"), 1)
+    if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3] or keepdims != 1:
+        return model, False
+    at = nodes.index(mean)
+    nodes[at] = onnx.helper.make_node("GlobalAveragePool", [mean.input[0]], [mean.output[0]], name=f"{mean.name}_gap")
+    nodes.insert(at + 1, onnx.helper.make_node("Flatten", [mean.output[0]], [f"{mean.output[0]}_flat"], axis=1,
+                                               name=f"{mean.name}_flatten"))
+    gemm.input[0] = f"{mean.output[0]}_flat"
+    return _rebuild(model, nodes, consts), True
+
+
+class _ArrayReader:
+    """onnxruntime.quantization's CalibrationDataReader over a list of N x 3 x H x W float32 batches."""
+
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        self._batches = iter([{INPUT_NAME: np.asarray(b, np.float32)} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+class _DropPreprocessHint(logging.Filter):
+    """onnxruntime.quantization's root-logger advice that says nothing about our files: run its own pre-processing
+    (we fold and simplify ourselves), and "Axis 1 is out-of-range" for rank-1 norm weights it never quantizes."""
+
+    NOISE = ("pre-processing", "is out-of-range for weight")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequence[np.ndarray | torch.Tensor],
+             trained_grid: bool = True, threads: int = 1) -> dict[str, Any]:
+    """Re-quantize an int8 Q/DQ export with onnxruntime.quantization into a file ONNX Runtime runs all-integer.
+
+    Steps: `dequantized_graph` (float weights on the trained grid), `fold_batch_norm`, `simplify_global_pool`
+    (checked: max |difference| of the float graph before / after on a calibration batch < 1e-4 relative), then
+    `quantize_static` in Q/DQ format with per-channel int8 weights and per-tensor uint8 activations (the PT2E
+    layout), `TensorQuantOverrides` = the trained grid of every tensor PT2E quantized (`trained_grid=False`:
+    MinMax everywhere, i.e. plain ORT PTQ of the trained weights), MinMax calibration on `calibration` for the rest.
+
+    Args:
+        src: an int8 file from `export_onnx` (PT2E Q/DQ).
+        dst: the file to write (conventionally `<name>_int8_ort.onnx`), atomically.
+        calibration: batches of N x 3 x H x W [0, 1] encoder inputs from adapt data (never the eval split).
+
+    Returns:
+        {"file", "folded_batch_norms", "pool_rewritten", "trained_grid_tensors", "calibrated_tensors",
+         "ort_ops": `ort_fused_ops` of the result, "float_ops_left": Conv / FusedConv / Gemm / MatMul ORT runs in float}.
+
+    Raises:
+        ExportError: `src` has no Q/DQ node, or the rewritten float graph disagrees with the original.
+    """
+    from onnxruntime import quantization as ortq  # ORT's quantization tool: used here only
+
+    source = onnx.load(str(src))
+    if not any(n.op_type == "QuantizeLinear" for n in source.graph.node):
+        raise ExportError(f"{src}: no QuantizeLinear node; give the int8 file from export_onnx")
+    batches = [b.detach().cpu().float().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, np.float32)
+               for b in calibration]
+    if not batches:
+        raise ExportError(f"{src}: ort_int8 needs at least one calibration batch")
+    dequantized, grid = dequantized_graph(source)
+    folded, n_folded = fold_batch_norm(dequantized)
+    simple, pooled = simplify_global_pool(folded)
+    ref, new = _run_proto(dequantized, batches[0], threads), _run_proto(simple, batches[0], threads)
+    error = float(np.abs(ref - new).max() / max(1e-12, float(np.abs(ref).max())))
+    if error > 1e-4:
+        raise ExportError(f"{src}: folding batch norm / the pool changed the float graph (relative error {error:.2g}); "
+                          "report the model; the PT2E file itself is still usable")
+    present = {i for n in simple.graph.node for i in n.input} | {o for n in simple.graph.node for o in n.output}
+    overrides = {k: v for k, v in grid.items() if k in present} if trained_grid else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path, out_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(simple, str(float_path))
+        hint = _DropPreprocessHint()
+        logging.getLogger().addFilter(hint)
+        try:
+            ortq.quantize_static(str(float_path), str(out_path), _ArrayReader(batches),
+                                 quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                                 activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
+                                 calibrate_method=ortq.CalibrationMethod.MinMax,
+                                 extra_options={"TensorQuantOverrides": overrides})
+        finally:
+            logging.getLogger().removeFilter(hint)
+        quantized = onnx.load(str(out_path))
+    meta = {p.key: p.value for p in quantized.metadata_props}
+    meta.update({"precision": "int8-qdq-ort", "quantizer": "onnxruntime.quantization (trained PT2E grid)"
+                 if trained_grid else "onnxruntime.quantization (MinMax)", "source": Path(src).name})
+    del quantized.metadata_props[:]
+    for key, value in meta.items():
+        quantized.metadata_props.add(key=key, value=value)
+    dst = Path(dst)
+    with atomic_path(dst, suffix=".onnx") as tmp_dst:
+        onnx.save(quantized, str(tmp_dst))
+    ops = ort_fused_ops(dst, threads)
+    float_left = {k: v for k, v in ops.items() if k in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul",
+                                                           "BatchNormalization")}
+    log.info("wrote ONNX Runtime int8 file %s: %s", dst, ", ".join(f"{k} x{v}" for k, v in ops.items()))
+    return {"file": str(dst), "folded_batch_norms": n_folded, "pool_rewritten": pooled,
+            "trained_grid_tensors": len(overrides), "calibrated_batches": len(batches), "ort_ops": ops,
+            "float_ops_left": float_left}
+
+
+def int8_variants(fp32: torch.nn.Module, files: Mapping[str, Path], calibration: Sequence[np.ndarray | torch.Tensor],
+                  out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
+    """The other ways to an int8 transformer file on ONNX Runtime, for the table of what was tried (notebook 05).
+
+    Beside `files` (`export_pair`: the dynamo fp32 file and the PT2E Q/DQ file, linears static int8):
+    - `fp32_torchscript`: the legacy TorchScript exporter (`dynamo=False`), whose graph ORT's fusions know better;
+    - `fp32_fused`: `onnxruntime.transformers.optimizer` (model_type "vit": Attention, SkipLayerNormalization,
+      BiasGelu where its patterns match) on that file;
+    - `int8_dynamic`, `int8_dynamic_fused`: `quantize_dynamic` (int8 weights, activations quantized per call:
+      MatMulInteger / DynamicQuantizeMatMul) of the plain and of the fused fp32 graph;
+    - `int8_static_all`: `ort_int8` of the Q/DQ file: every MatMul static int8, the two attention products and
+      softmax included.
+
+    Returns:
+        {variant: path} of the files written as `<out_dir>/<name>_<variant>.onnx`.
+    """
+    from onnxruntime import quantization as ortq
+    from onnxruntime.transformers import optimizer as ort_optimizer
+
+    attention = next((m for m in fp32.modules() if hasattr(m, "num_heads") and hasattr(m, "qkv")), None)
+    if attention is None:
+        raise ExportError(f"{type(fp32).__name__}: int8_variants is for ViT students (timm Attention with qkv)")
+    num_heads, hidden_size = int(attention.num_heads), int(attention.qkv.in_features)
+    out_dir = Path(out_dir)
+    size = int(getattr(fp32, "image_size", None) or _config_of(fp32)["image_size"])
+    paths = {k: out_dir / f"{name}_{k}.onnx" for k in
+             ("fp32_torchscript", "fp32_fused", "int8_dynamic", "int8_dynamic_fused", "int8_static_all")}
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with atomic_path(paths["fp32_torchscript"], suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fp32.eval(), (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+                          opset_version=17)
+    with _quiet_exporter_logs(), contextlib.redirect_stdout(io.StringIO()):
+        fused = ort_optimizer.optimize_model(str(paths["fp32_torchscript"]), model_type="vit", num_heads=num_heads,
+                                             hidden_size=hidden_size)
+    with atomic_path(paths["fp32_fused"], suffix=".onnx") as tmp:
+        fused.save_model_to_file(str(tmp))
+    hint = _DropPreprocessHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        for src, dst in ((files["fp32"], "int8_dynamic"), (paths["fp32_fused"], "int8_dynamic_fused")):
+            with atomic_path(paths[dst], suffix=".onnx") as tmp:
+                ortq.quantize_dynamic(str(src), str(tmp), weight_type=ortq.QuantType.QInt8,
+                                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.getLogger().removeFilter(hint)
+    ort_int8(files["int8"], paths["int8_static_all"], calibration)
+    return paths
+
+
+def ort_profile(path: str | os.PathLike, images: np.ndarray, runs: int = 10, threads: int = 1) -> dict[str, float]:
+    """Where ONNX Runtime spends a call: mean milliseconds per call by op type (its profiler, `runs` calls after
+    one warm-up), largest first. Op types are those ORT runs after fusion (`ort_fused_ops`)."""
+    import json as _json
+
+    ort = bench.ort
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.log_severity_level = threads, 3
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        session.run(None, {name: images})
+        for _ in range(runs):
+            session.run(None, {name: images})
+        events = _json.loads(Path(session.end_profiling()).read_text())
+    totals: Counter = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            totals[event.get("args", {}).get("op_name", "?")] += event.get("dur", 0) / 1e3
+    return {op: ms / (runs + 1) for op, ms in totals.most_common()}
+
+
+def _run_proto(model: onnx.ModelProto, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    options = bench.ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = threads, 3
+    session = bench.ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
 def bytes_per_param(path: str | os.PathLike, params: int) -> float:
     """Size on disk of a model file divided by the float model's parameter count (int8 ideal: ~1, fp32: ~4)."""
     if params <= 0:
@@ -365,12 +706,16 @@ def bytes_per_param(path: str | os.PathLike, params: int) -> float:
 
 
 def export_pair(fp32: torch.nn.Module, int8: torch.nn.Module, out_dir: str | os.PathLike, name: str,
-                image_size: int | None = None, params: int | None = None,
-                tensorrt: bool = True) -> dict[str, Path]:
+                image_size: int | None = None, params: int | None = None, tensorrt: bool = True,
+                calibration: Sequence[np.ndarray | torch.Tensor] | None = None) -> dict[str, Path]:
     """Export a student's fp32 and int8 versions (and the TensorRT int8 flavour) as `<out_dir>/<name>_*.onnx`.
 
+    The fp32 file gets `simplify_global_pool` (the same function, checked numerically; ORT runs it as fast or
+    faster). With `calibration` (adapt batches) also `<name>_int8_ort.onnx` from `ort_int8`: the file to deploy
+    on ONNX Runtime CPUs.
+
     Returns:
-        {"fp32": path, "int8": path[, "int8_trt": path]}.
+        {"fp32": path, "int8": path[, "int8_ort": path][, "int8_trt": path]}.
     """
     out_dir = Path(out_dir)
     params = params if params is not None else sum(p.numel() for p in fp32.parameters())
@@ -379,9 +724,26 @@ def export_pair(fp32: torch.nn.Module, int8: torch.nn.Module, out_dir: str | os.
     described = {k: config[k] for k in ("arch", "embed_dim") if k in config}
     paths = {"fp32": export_onnx(fp32, out_dir / f"{name}_fp32.onnx", image_size, params=params),
              "int8": export_onnx(int8, out_dir / f"{name}_int8.onnx", image_size, params=params, metadata=described)}
+    _simplify_file(paths["fp32"], int(image_size))
+    if calibration is not None:
+        ort_int8(paths["int8"], out_dir / f"{name}_int8_ort.onnx", calibration)
+        paths["int8_ort"] = out_dir / f"{name}_int8_ort.onnx"
     if tensorrt:
         paths["int8_trt"] = to_tensorrt_qdq(paths["int8"], out_dir / f"{name}_int8_trt.onnx")
     return paths
+
+
+def _simplify_file(path: Path, image_size: int) -> None:
+    """`simplify_global_pool` on an fp32 file in place, kept only when its outputs match the original's."""
+    model = onnx.load(str(path))
+    simple, changed = simplify_global_pool(model)
+    if not changed:
+        return
+    x = np.random.default_rng(0).random((2, 3, image_size, image_size), dtype=np.float32)
+    ref, new = _run_proto(model, x), _run_proto(simple, x)
+    if np.abs(ref - new).max() <= 1e-4 * max(1e-12, float(np.abs(ref).max())):
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save(simple, str(tmp))
 
 
 def export_summary(paths: Mapping[str, Path], params: int) -> dict[str, Any]:

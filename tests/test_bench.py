@@ -195,3 +195,36 @@ def test_device_info_fields():
     info = bench.device_info(threads=3)
     assert info["threads"] == 3 and info["cpu"] and info["cpu_count"] >= 1
     assert "CPUExecutionProvider" in info["ort_providers_available"]
+
+
+def test_tensorrt_version_reads_trtexec_banners_of_8_and_10():
+    assert bench.tensorrt_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec --help") == (8, 6, 1)
+    assert bench.tensorrt_version("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec") == (10, 3, 0)
+    assert bench.tensorrt_version("&&&& RUNNING TensorRT.trtexec [TensorRT v110000] # trtexec") == (11, 0, 0)
+    assert bench.tensorrt_version("no banner") is None
+
+
+def test_trtexec_command_is_strongly_typed_for_tensorrt_10_and_11():
+    cmd = bench.trtexec_command("trtexec", "s_trt.onnx", "images", (1, 3, 224, 224), mode="strongly-typed")
+    assert "--stronglyTyped" in cmd and "--int8" not in cmd and "--fp16" not in cmd
+    with pytest.raises(bench.BenchError, match="mode"):
+        bench.trtexec_command("trtexec", "s_trt.onnx", "images", (1, 3, 224, 224), mode="auto")
+
+
+@pytest.mark.parametrize("version, flag", [("8601", "--int8"), ("100300", "--stronglyTyped"),
+                                           ("110000", "--stronglyTyped")])
+def test_the_cli_picks_the_trtexec_flags_from_its_version(tmp_path, monkeypatch, version, flag):
+    fake = tmp_path / "trtexec"
+    calls = tmp_path / "calls.txt"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$@\" >> {calls}\n"
+                    f"echo '&&&& RUNNING TensorRT.trtexec [TensorRT v{version}] # trtexec'\n"
+                    f"cat <<'LOG'\n{TRTEXEC_LOG}LOG\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    out = tmp_path / "r.json"
+    model = tiny_onnx(tmp_path / "m.onnx")
+    assert bench.main(["--onnx", str(model), "--out", str(out), "--provider", "trtexec", "--runs", "5"]) == 0
+    build = calls.read_text().splitlines()[-1]
+    assert flag in build.split() and ("--int8" in build.split()) == (flag == "--int8")
+    assert json.loads(out.read_text())["latency_ms"]["median_ms"] == pytest.approx(1.2)

@@ -160,3 +160,55 @@ def test_benchmark_plots_draw_one_bar_or_point_per_entry():
     fig = plots.accuracy_latency_scatter({"teacher (rgb)": (11.0, 0.8), "int8 (rgb)": (1.2, 0.7)}, {"clip_b16": 400.0})
     ax = fig.axes[0]
     assert len(ax.collections) == 2 and len(ax.lines) == 1 and ax.lines[0].get_xdata()[0] == 400.0
+
+
+def _latency(**medians: float) -> dict[str, dict[str, float]]:
+    return {k: {"median_ms": v} for k, v in medians.items()}
+
+
+def test_speedups_use_the_fastest_clip_and_fp32_engines():
+    lat = _latency(student_int8_ort=20.0, student_fp32_ort=46.0, student_fp32_torch=97.0, clip_b16_fp32_torch=365.0,
+                   clip_b16_fp32_ort=172.0, teacher_fp32_torch=6.0, project_int8_ort=0.3, project_fp32_ort=0.6,
+                   project_fp32_torch=4.0, project_int8_qdq_ort=0.9)
+    tput = {"student_int8_ort": {"images_per_s": 40.0}, "student_fp32_ort": {"images_per_s": 20.0},
+            "project_int8_ort": {"images_per_s": 5000.0}, "project_fp32_ort": {"images_per_s": 2000.0}}
+    s = benchmark.speedups(lat, tput)
+    assert s["clip_b16_engine"] == "clip_b16_fp32_ort" and s["int8_vs_clip_b16"] == pytest.approx(172 / 20)
+    assert s["int8_vs_clip_b16_torch"] == pytest.approx(365 / 20) and s["fp32_engine"] == "student_fp32_ort"
+    assert s["project_int8_vs_fp32_ort"] == pytest.approx(2.0) and s["project_int8_vs_qdq_ort"] == pytest.approx(3.0)
+    assert s["project_fp32_engine"] == "project_fp32_ort" and s["throughput_project_int8_vs_fp32_ort"] == 2.5
+    checks = benchmark.edge_checks(s, {"student_int8": 1.08}, {"int8_vs_fp32": {"cosine_mean": 0.999}},
+                                   {"same_model": {"cosine": 0.997}})
+    assert checks["int8_vs_clip_b16_ge_8"] and not checks["int8_vs_fp32_ge_2_5"]
+    assert checks["project_int8_vs_fp32_ort_ge_1_5"] and checks["project_int8_throughput_above_fp32_ort"]
+    assert checks["project_int8_vs_its_torch_model_cosine_ge_0_98"]
+    slower_clip = benchmark.speedups({**lat, "clip_b16_fp32_ort": {"median_ms": 500.0}}, tput)
+    assert slower_clip["clip_b16_engine"] == "clip_b16_fp32_torch"
+
+
+def test_edge_file_is_the_fastest_int8_variant_that_agrees():
+    rows = {"fp32": {"median_ms": 50.0, "cosine_vs_fp32": 1.0},
+            "int8": {"median_ms": 22.0, "cosine_vs_fp32": 0.999},
+            "int8_static_all": {"median_ms": 18.0, "cosine_vs_fp32": 0.94},  # faster, but disagrees
+            "int8_dynamic": {"median_ms": 25.0, "cosine_vs_fp32": 0.997}}
+    assert benchmark.edge_file(rows) == "int8"
+    assert benchmark.edge_file(rows, min_cosine=0.9) == "int8_static_all"
+    with pytest.raises(ValueError, match="no int8 variant"):
+        benchmark.edge_file(rows, min_cosine=0.9999)
+
+
+def test_variant_table_times_every_file_and_ranks_against_the_fastest_fp32(tmp_path, one_thread):
+    fp32, int8 = benchmark.paper_scale_student("vit_tiny_test", 16, 32, 1, seed=0)
+    files = export.export_pair(fp32, int8, tmp_path, "s", tensorrt=False)
+    variants = export.int8_variants(fp32, files, [benchmark.random_images(8, 32, 1)], tmp_path, "s")
+    assert set(variants) == set(benchmark.PAPER_VARIANTS) - {"fp32", "int8"} and all(p.is_file() for p in variants.values())
+    rows = benchmark.variant_table({"fp32": files["fp32"], "int8": files["int8"], **variants}, 32, runs=3, warmup=1)
+    fastest_fp32 = min(r["median_ms"] for k, r in rows.items() if k.startswith("fp32"))
+    for k, r in rows.items():
+        assert r["ratio_vs_fastest_fp32"] == pytest.approx(fastest_fp32 / r["median_ms"])
+        assert -1.0 <= r["cosine_vs_fp32"] <= 1.0 + 1e-6 and r["kernels"]
+    assert rows["fp32"]["cosine_vs_fp32"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["fp32_torchscript"]["cosine_vs_fp32"] == pytest.approx(1.0, abs=1e-4)  # same function, other exporter
+    assert "DynamicQuantizeMatMul" in rows["int8_dynamic"]["kernels"] or "MatMulInteger" in rows["int8_dynamic"]["kernels"]
+    profile = export.ort_profile(files["int8"], benchmark.random_images(1, 32, 2).numpy(), runs=2)
+    assert profile and all(ms >= 0 for ms in profile.values()) and list(profile.values()) == sorted(profile.values(), reverse=True)

@@ -169,3 +169,121 @@ def test_exports_a_wrapped_or_reloaded_int8_model(conv_files, tmp_path):
     loaded = quantize.load_int8(quantize.save_int8(int8, tmp_path / "student.pt2", (_images(2, 0),)))
     reloaded = export.export_onnx(loaded, tmp_path / "reloaded.onnx", image_size=SIZE)
     assert export.onnx_agreement(wrapped, reloaded, x)["max_abs_diff"] < 1e-5
+
+
+# ---- ONNX Runtime's own int8 file (export.ort_int8) ----
+
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = 1, 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = _session(model)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _conv_div_bn_graph(rng: np.random.Generator) -> onnx.ModelProto:
+    """images -> Conv(W) -> Div(d per channel) -> BatchNormalization: what PT2E's QAT leaves on an unquantized conv."""
+    c_in, c_out = 3, 4
+    inits = {"W": rng.normal(size=(c_out, c_in, 3, 3)).astype(np.float32),
+             "d": rng.uniform(0.5, 2.0, size=(1, c_out, 1, 1)).astype(np.float32),
+             "gamma": rng.uniform(0.5, 1.5, c_out).astype(np.float32), "beta": rng.normal(size=c_out).astype(np.float32),
+             "mean": rng.normal(size=c_out).astype(np.float32), "var": rng.uniform(0.2, 2.0, c_out).astype(np.float32)}
+    h = onnx.helper
+    nodes = [h.make_node("Conv", ["images", "W"], ["c"], pads=[0, 0, 1, 1], strides=[2, 2]),
+             h.make_node("Div", ["c", "d"], ["q"]),
+             h.make_node("BatchNormalization", ["q", "gamma", "beta", "mean", "var"], ["y"], epsilon=1e-3)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["N", c_in, 8, 8])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_fold_batch_norm_matches_the_hand_formula_and_the_unfolded_graph():
+    rng = np.random.default_rng(0)
+    model = _conv_div_bn_graph(rng)
+    folded, count = export.fold_batch_norm(model)
+    assert count == 1 and [n.op_type for n in folded.graph.node] == ["Conv"]
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Div", "BatchNormalization"]  # input untouched
+    x = rng.random((2, 3, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(_run(folded, x), _run(model, x), rtol=1e-5, atol=1e-5)
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    k = init["gamma"] / np.sqrt(init["var"] + 1e-3)
+    w = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
+    conv = folded.graph.node[0]
+    np.testing.assert_allclose(w[conv.input[1]], init["W"] * (k / init["d"].ravel())[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(w[conv.input[2]], init["beta"] - init["mean"] * k, rtol=1e-6, atol=1e-7)
+
+
+def test_simplify_global_pool_rewrites_reducemean_flatten_into_gap_and_keeps_the_function():
+    rng = np.random.default_rng(1)
+    h = onnx.helper
+    inits = {"axes": np.array([2, 3], np.int64), "shape": np.array([0, -1], np.int64),
+             "W": rng.normal(size=(5, 4)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
+    nodes = [h.make_node("ReduceMean", ["images", "axes"], ["m"], keepdims=1),
+             h.make_node("Reshape", ["m", "shape"], ["flat"]),
+             h.make_node("Gemm", ["flat", "W", "b"], ["y"], transB=1)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                         [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    simple, changed = export.simplify_global_pool(model)
+    assert changed and [n.op_type for n in simple.graph.node] == ["GlobalAveragePool", "Flatten", "Gemm"]
+    x = rng.random((3, 4, 6, 6), dtype=np.float32)
+    np.testing.assert_allclose(_run(simple, x), _run(model, x), rtol=1e-5, atol=1e-6)
+    no_pool, unchanged = export.simplify_global_pool(_conv_div_bn_graph(rng))
+    assert not unchanged and len(no_pool.graph.node) == 3
+
+
+def test_dequantized_graph_puts_weights_on_their_trained_grid(conv_files):
+    _, _, paths = conv_files
+    source = onnx.load(str(paths["int8"]))
+    float_model, grid = export.dequantized_graph(source)
+    assert not [n for n in float_model.graph.node if n.op_type in export.QDQ_OPS]
+    weights = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    per_channel = {k: v for k, v in grid.items() if len(v) > 1}
+    assert len(per_channel) == export.qdq_summary(paths["int8"])["per_channel_dq"]
+    for name, channels in per_channel.items():
+        scales = np.array([float(c["scale"]) for c in channels])
+        q = weights[name] / scales.reshape(-1, *[1] * (weights[name].ndim - 1))
+        np.testing.assert_allclose(q, np.round(q), atol=1e-3)  # integers: the trained int8 values
+        assert np.abs(np.round(q)).max() <= 128
+    activations = {k: v[0] for k, v in grid.items() if len(v) == 1}
+    assert len(activations) == export.qdq_summary(paths["int8"])["quantize_linear"]
+
+
+def test_ort_int8_runs_every_conv_in_integer_on_the_trained_grid(conv_files, tmp_path):
+    fp32, int8, paths = conv_files
+    calibration = [_images(8, 20 + i).numpy() for i in range(2)]
+    info = export.ort_int8(paths["int8"], tmp_path / "tiny_int8_ort.onnx", calibration)
+    assert info["float_ops_left"] == {} and info["ort_ops"].get("QLinearConv", 0) == sum(
+        isinstance(m, torch.nn.Conv2d) for m in fp32.modules())
+    assert "BatchNormalization" not in info["ort_ops"]
+    # every activation PT2E quantized keeps its trained (scale, zero point) in the new file
+    source_grid = export.dequantized_graph(onnx.load(str(paths["int8"])))[1]
+    out = onnx.load(str(tmp_path / "tiny_int8_ort.onnx"))
+    consts = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    kept = 0
+    for node in out.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in source_grid:
+            want = source_grid[node.input[0]][0]
+            assert float(consts[node.input[1]]) == pytest.approx(float(want["scale"]), rel=1e-6)
+            assert int(consts[node.input[2]]) == int(want["zero_point"])
+            kept += 1
+    assert kept == info["trained_grid_tensors"] - len([v for v in source_grid.values() if len(v) > 1]) > 0
+    x = _images(16, 99)
+    assert export.onnx_agreement(int8, tmp_path / "tiny_int8_ort.onnx", x)["cosine_mean"] > 0.99
+    assert {p.key: p.value for p in out.metadata_props}["precision"] == "int8-qdq-ort"
+
+
+def test_ort_int8_refuses_a_float_file_and_no_calibration(conv_files, tmp_path):
+    _, _, paths = conv_files
+    with pytest.raises(export.ExportError, match="no QuantizeLinear"):
+        export.ort_int8(paths["fp32"], tmp_path / "x.onnx", [_images(2, 0).numpy()])
+    with pytest.raises(export.ExportError, match="calibration batch"):
+        export.ort_int8(paths["int8"], tmp_path / "x.onnx", [])
+    assert not (tmp_path / "x.onnx").exists()
