@@ -533,39 +533,40 @@ class PairedFolder(PairedDataset):
                                 f"Add the file or drop the id from labels.csv.")
 
     def _check_geometry(self) -> None:
-        """Every non-RGB frame against its RGB frame, by image headers (W x H); see the module docstring."""
-        others = [m for m in self.modalities if m != RGB]
-        if RGB not in self.modalities or not others:
-            return
+        """By image headers (W x H, nothing decoded): every non-RGB frame against its RGB frame (see the module
+        docstring), then, without `size`, every RGB frame (or, without RGB, every frame of each modality) against
+        the first id's, since the frames of one modality are batched together."""
         start = time.perf_counter()
-        first: tuple[Path, tuple[int, int], tuple[int, int]] | None = None
-        bad_ids = 0
-        for sid in self.ids:
-            rgb_size = image_size(self.root / RGB / f"{sid}.png")
-            bad = False
-            for m in others:
-                path = self.root / m / f"{sid}.png"
-                wh = image_size(path)
-                if wh != rgb_size:
-                    bad = True
-                    if first is None:
-                        first = (path, wh, rgb_size)
-            bad_ids += bad
-        log.debug("%s: geometry of %d ids x %d modalities checked in %.2f s", self.root, len(self.ids),
+        sizes = {m: [image_size(self.root / m / f"{sid}.png") for sid in self.ids] for m in self.modalities}
+        log.debug("%s: geometry of %d ids x %d modalities read in %.2f s", self.root, len(self.ids),
                   len(self.modalities), time.perf_counter() - start)
-        if first is None:
-            return
-        path, (w, h), (rw, rh) = first
-        if self.align == "resize_to_rgb":
+        others = [m for m in self.modalities if m != RGB]
+        bad = [i for i in range(len(self.ids)) if any(sizes[m][i] != sizes[RGB][i] for m in others)] \
+            if RGB in self.modalities else []
+        if bad:
+            m = next(m for m in others if sizes[m][bad[0]] != sizes[RGB][bad[0]])
+            path = self.root / m / f"{self.ids[bad[0]]}.png"
+            (w, h), (rw, rh) = sizes[m][bad[0]], sizes[RGB][bad[0]]
+            if self.align != "resize_to_rgb":
+                raise DataError(f"{path}: {m} frame is {w}x{h} (W x H) but its rgb frame {self.root / RGB / path.name}"
+                                f" is {rw}x{rh}; {len(bad)} of {len(self.ids)} ids have a non-RGB frame whose size "
+                                f"differs from their RGB frame. Resize those files to the RGB size (registered to the "
+                                f"RGB camera), or set the loader option align='resize_to_rgb' (recipe: data.options: "
+                                f"{{align: resize_to_rgb}}) to resize them to the RGB size (nearest) on load.")
             log.info("%s: %d of %d ids have non-RGB frames of another size than their RGB frame (e.g. %s is %dx%d, "
-                     "rgb %dx%d): resized to the RGB size (nearest), align='resize_to_rgb'", self.root, bad_ids,
+                     "rgb %dx%d): resized to the RGB size (nearest), align='resize_to_rgb'", self.root, len(bad),
                      len(self.ids), path, w, h, rw, rh)
+        if self.size is not None:
             return
-        raise DataError(f"{path}: {path.parent.name} frame is {w}x{h} (W x H) but its rgb frame "
-                        f"{self.root / RGB / path.name} is {rw}x{rh}; {bad_ids} of {len(self.ids)} ids have a "
-                        f"non-RGB frame whose size differs from their RGB frame. Resize those files to the RGB size "
-                        f"(registered to the RGB camera), or set the loader option align='resize_to_rgb' (recipe: "
-                        f"data.options: {{align: resize_to_rgb}}) to resize them to the RGB size (nearest) on load.")
+        for m in ([RGB] if RGB in self.modalities else self.modalities):
+            odd = [i for i, wh in enumerate(sizes[m]) if wh != sizes[m][0]]
+            if odd:
+                (w, h), (w0, h0) = sizes[m][odd[0]], sizes[m][0]
+                raise DataError(f"{self.root / m / (self.ids[odd[0]] + '.png')}: {m} frame is {w}x{h} (W x H) but "
+                                f"{self.root / m / (self.ids[0] + '.png')} is {w0}x{h0}; {len(odd)} of "
+                                f"{len(self.ids)} {m} frames differ from the first one's size, so they cannot be "
+                                f"batched. Resize the files to one size, or set the loader option size (recipe: "
+                                f"data.options: {{size: [{h0}, {w0}]}}) to resize every frame on load.")
 
     def modality_scale(self, modality: str) -> dict[str, Any] | None:
         return self.meta.get("modalities", {}).get(modality)

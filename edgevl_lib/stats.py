@@ -184,3 +184,16 @@ def above_chance(accuracy: float, n: int, num_classes: int, alpha: float = ALPHA
     p = float(binomtest(k, n, 1.0 / num_classes, alternative="greater").pvalue)
     return {"accuracy": accuracy, "chance": 1.0 / num_classes, "n": n, "p": p,
             "verdict": "above chance" if p < alpha else "at chance"}
+
+
+def warn_at_chance(results: Mapping[str, Mapping[str, Any]], who: str = "teacher") -> list[str]:
+    """Log one WARNING per modality whose `above_chance` verdict is `at chance`, and return the messages."""
+    import logging
+
+    messages = [f"{who} zero-shot on {m} is at chance ({r['accuracy']:.3f} vs 1/{round(1 / r['chance'])}, "
+                f"p {r['p']:.2g}, n {r['n']}): its pseudo-labels carry no class information there; check the "
+                f"modality encoding (data.default_encoding) and the teacher before trusting stage 2 on {m}"
+                for m, r in results.items() if r["verdict"] == "at chance"]
+    for message in messages:
+        logging.getLogger(__name__).warning(message)
+    return messages

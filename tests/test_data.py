@@ -181,9 +181,27 @@ def test_geometry_mismatch_names_the_first_file_the_count_and_the_fix(folder):
                                          r".*rgb/s001\.png is 8x8; 2 of 4 ids .*Resize those files.*"
                                          r"align='resize_to_rgb'"):
         PairedFolder(folder)
-    assert len(PairedFolder(folder, modalities=["depth"])) == 4  # nothing to compare against without rgb
+    # without rgb there is no frame to register to, but depth frames of two sizes still cannot be batched
+    with pytest.raises(DataError, match=r"depth/s001\.png: depth frame is 4x4 .* but .*depth/s000\.png is 8x8; "
+                                         r"2 of 4 depth frames .*data\.options: \{size: \[8, 8\]\}"):
+        PairedFolder(folder, modalities=["depth"])
+    assert len(PairedFolder(folder, modalities=["depth"], size=(8, 8))) == 4
     with pytest.raises(DataError, match=r"align='stretch'; choose one of \['refuse', 'resize_to_rgb'\]"):
         PairedFolder(folder, align="stretch")
+
+
+def test_rgb_frames_of_two_sizes_are_refused_naming_the_file_unless_size_is_set(folder):
+    from PIL import Image
+
+    for m in ("rgb", "depth", "thermal"):  # one id recorded at another resolution in every modality
+        path = folder / m / "s002.png"
+        with Image.open(path) as im:
+            im.resize((6, 6)).save(path)
+    with pytest.raises(DataError, match=r"rgb/s002\.png: rgb frame is 6x6 \(W x H\) but .*rgb/s000\.png is 8x8; "
+                                         r"1 of 4 rgb frames differ .*cannot be batched"):
+        PairedFolder(folder)
+    ds = PairedFolder(folder, size=(8, 8))
+    assert collate_samples([ds[i] for i in range(4)])["rgb"].shape == (4, 3, 8, 8)
 
 
 def test_geometry_resize_to_rgb_option_resizes_nearest(folder):

@@ -85,3 +85,13 @@ def test_above_chance_is_the_one_sided_exact_binomial_test():
     # 10 / 10 hits against 1/2: p = 0.5 ** 10 by hand
     assert stats.above_chance(1.0, 10, 2)["p"] == pytest.approx(0.5 ** 10)
     assert stats.above_chance(0.195, 750, 15)["verdict"] == "above chance"
+
+
+def test_warn_at_chance_logs_only_the_modalities_at_chance(caplog):
+    results = {"rgb": stats.above_chance(0.82, 750, 15), "depth": stats.above_chance(0.07, 750, 15)}
+    assert results["rgb"]["verdict"] == "above chance" and results["depth"]["verdict"] == "at chance"
+    with caplog.at_level("WARNING", logger="edgevl_lib.stats"):
+        messages = stats.warn_at_chance(results)
+    assert len(messages) == 1 and "depth is at chance" in messages[0] and "1/15" in messages[0]
+    assert [r.getMessage() for r in caplog.records] == messages
+    assert stats.warn_at_chance({"rgb": results["rgb"]}) == []
