@@ -82,14 +82,21 @@ def ipc_kernel_manager() -> type:
     """jupyter_client's AsyncKernelManager on IPC transport (unix sockets in the Jupyter runtime folder).
 
     Over the default TCP transport, ipykernel >= 7 warns on every start that the kernel "is running over TCP without
-    encryption"; a local unix socket (readable by this user only) is the safe way to silence it for the runner.
+    encryption"; a local unix socket (readable by this user only) is the safe way to silence it for the runner. Each
+    kernel gets its own socket prefix under the temp folder, removed with the kernel.
     """
+    import tempfile
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
 
     class IpcKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: object) -> None:
             super().__init__(**kwargs)
             self.transport = "ipc"
+            # the socket files are <ip>-<n>; jupyter_client's default ip ("kernel-ipc" in the cwd) is shared by every
+            # kernel started there at once (two pytest workers, two runners) and their messages would cross
+            self.ip = os.path.join(tempfile.gettempdir(), f"edgevl-kernel-{uuid.uuid4().hex[:12]}")
 
     return IpcKernelManager
 

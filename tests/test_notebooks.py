@@ -14,7 +14,7 @@ from edgevl_lib import run
 # metrics that measure time, hold paths of the run's folders, or are decided by timings: not comparable across runs
 VOLATILE = {"seconds", "upstream", "epoch_seconds", "speed", "latency_ms", "latency_stats", "throughput_ips",
             "speedup", "edge_results", "checks", "device", "gpu", "path", "checkpoint", "stage1_checkpoint", "umap",
-            "from_cache", "file", "results_dir"}
+            "from_cache", "file", "results_dir", "paper_variants", "throughput_stats", "deploy"}
 
 
 def _run_all(tmp_path_factory, name: str, html: bool = True) -> tuple[Any, dict[str, run.NotebookResult]]:

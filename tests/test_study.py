@@ -91,6 +91,13 @@ def test_smoke_studies_write_their_reports(tmp_path, monkeypatch):
     assert c["chosen"] in c["settings"] and c["selection"].startswith("highest mean teacher agreement")
     row = c["settings"][c["chosen"]]
     assert row["uninformative"]["total"] > 0 and 0 <= row["holdout_agreement"] <= 1
+    assert 0 <= row["holdout_agreement_confident_half"] <= 1 and "holdout_agreement_informative" in row
+    n_unin, n_held = c["holdout"]["uninformative"], c["holdout"]["images"]
+    if 0 < n_unin < n_held:  # the two parts average back to the whole
+        whole = (row["holdout_agreement_informative"] * (n_held - n_unin)
+                 + row["holdout_agreement_uninformative"] * n_unin) / n_held
+        assert whole == pytest.approx(row["holdout_agreement"])
+    assert list(c["vs_chosen_confident_half"]) == [f"{c['chosen']} - {n}" for n in c["settings"] if n != c["chosen"]]
     assert (tmp_path / "curation" / "figures" / "curation_study.png").is_file()
 
     s2 = study.stage2_study(options={"default": (), "qat_only": ("stage2.contrastive_weight=0",)},
