@@ -197,7 +197,8 @@ def seed_study(recipe: str | Path = DEFAULT_RECIPE, seeds: Sequence[int] = DEFAU
     utils.save_figure(plots.seed_rows({n: r["rows"] for n, r in results.items()}), out, "rows_over_seeds")
     utils.save_figure(plots.seed_claims({n: r["claims"] for n, r in results.items()}), out, "claims_over_seeds")
     utils.save_metrics(out, metrics)
-    (out / "table.md").write_text(results_table(metrics), encoding="utf-8")
+    with utils.atomic_path(out / "table.md", suffix=".md") as tmp:
+        tmp.write_text(results_table(metrics), encoding="utf-8")
     return metrics
 
 

@@ -187,7 +187,6 @@ def _is_interactive() -> bool:
 
 
 def resolve_out_dir(out_dir: str | os.PathLike | None, stem: str) -> Path:
-    """The notebook's output folder: `out_dir` if given, else `<project>/reports/<stem>`; created if missing."""
-    path = Path(out_dir) if out_dir else reports_dir() / stem
-    (path / "figures").mkdir(parents=True, exist_ok=True)
-    return path
+    """The notebook's output folder: `out_dir` if given, else `<project>/reports/<stem>`. Nothing is created here:
+    the first file written there creates it (`atomic_path`), so a run refused on bad input leaves no empty folder."""
+    return Path(out_dir) if out_dir else reports_dir() / stem

@@ -81,3 +81,14 @@ def test_notebook_logging_shows_the_workbench_info_and_hides_other_libraries_inf
         logging.getLogger("edgevl_lib").setLevel(logging.NOTSET)
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def test_resolve_out_dir_creates_nothing_until_the_first_file(tmp_path):
+    import matplotlib.pyplot as plt
+
+    out = utils.resolve_out_dir(tmp_path / "reports" / "01_curation", "01_curation")
+    assert out == tmp_path / "reports" / "01_curation" and not out.exists()  # a refused run leaves no empty folder
+    fig = plt.figure()
+    utils.save_figure(fig, out, "x")
+    plt.close(fig)
+    assert (out / "figures" / "x.png").is_file()
