@@ -545,7 +545,7 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequence[np.ndarray | torch.Tensor],
-             trained_grid: bool = True, threads: int = 1) -> dict[str, Any]:
+             trained_grid: bool = True, threads: int = 1, tensorrt: bool = False) -> dict[str, Any]:
     """Re-quantize an int8 Q/DQ export with onnxruntime.quantization into a file ONNX Runtime runs all-integer.
 
     Steps: `dequantized_graph` (float weights on the trained grid), `fold_batch_norm`, `simplify_global_pool`
@@ -553,6 +553,13 @@ def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequen
     `quantize_static` in Q/DQ format with per-channel int8 weights and per-tensor uint8 activations (the PT2E
     layout), `TensorQuantOverrides` = the trained grid of every tensor PT2E quantized (`trained_grid=False`:
     MinMax everywhere, i.e. plain ORT PTQ of the trained weights), MinMax calibration on `calibration` for the rest.
+
+    `tensorrt=True` writes the placement TensorRT's fused INT8 attention needs instead: symmetric int8 activations
+    (zero point 0, the trained uint8 grid re-expressed as in `to_tensorrt_qdq`), Q/DQ on the inputs of every Conv,
+    MatMul and Gemm only, so both attention matmuls get int8 inputs (softmax output included) while the residual
+    Adds, softmax, GELU and layer norms stay float; weights re-quantized symmetric per channel ([-127, 127]), biases
+    float (TensorRT dequantizes int8 only).
+    Untested on TensorRT here (no GPU); ONNX Runtime runs it, and notebook 05 reports its agreement.
 
     Args:
         src: an int8 file from `export_onnx` (PT2E Q/DQ).
@@ -585,6 +592,12 @@ def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequen
                           "report the model; the PT2E file itself is still usable")
     present = {i for n in simple.graph.node for i in n.input} | {o for n in simple.graph.node for o in n.output}
     overrides = {k: v for k, v in grid.items() if k in present} if trained_grid else {}
+    if tensorrt:  # activations only, on the symmetric int8 grid that covers the trained range
+        overrides = {k: [{"scale": np.asarray(float(v[0]["scale"]) * max(int(v[0]["zero_point"]),
+                                                                        255 - int(v[0]["zero_point"])) / 127.0,
+                                              np.float32).reshape(()),
+                          "zero_point": np.asarray(0, np.int8).reshape(())}]
+                     for k, v in overrides.items() if len(v) == 1 and np.asarray(v[0]["zero_point"]).dtype == np.uint8}
     with tempfile.TemporaryDirectory() as tmp:
         float_path, out_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(simple, str(float_path))
@@ -593,15 +606,22 @@ def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequen
         try:
             ortq.quantize_static(str(float_path), str(out_path), _ArrayReader(batches),
                                  quant_format=ortq.QuantFormat.QDQ, per_channel=True,
-                                 activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
-                                 calibrate_method=ortq.CalibrationMethod.MinMax,
-                                 extra_options={"TensorQuantOverrides": overrides})
+                                 activation_type=ortq.QuantType.QInt8 if tensorrt else ortq.QuantType.QUInt8,
+                                 weight_type=ortq.QuantType.QInt8, calibrate_method=ortq.CalibrationMethod.MinMax,
+                                 op_types_to_quantize=["Conv", "MatMul", "Gemm"] if tensorrt else None,
+                                 extra_options={"TensorQuantOverrides": overrides,
+                                                **({"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                    "QuantizeBias": False}
+                                                   if tensorrt else {})})
         finally:
             logging.getLogger().removeFilter(hint)
         quantized = onnx.load(str(out_path))
     meta = {p.key: p.value for p in quantized.metadata_props}
-    meta.update({"precision": "int8-qdq-ort", "quantizer": "onnxruntime.quantization (trained PT2E grid)"
-                 if trained_grid else "onnxruntime.quantization (MinMax)", "source": Path(src).name})
+    meta.update({"precision": "int8-qdq-symmetric" if tensorrt else "int8-qdq-ort",
+                 "quantizer": "onnxruntime.quantization (trained PT2E grid)" if trained_grid
+                 else "onnxruntime.quantization (MinMax)", "source": Path(src).name,
+                 **({"qdq_placement": "tensorrt-mha: Conv / MatMul / Gemm inputs, residual Adds float"}
+                    if tensorrt else {})})
     del quantized.metadata_props[:]
     for key, value in meta.items():
         quantized.metadata_props.add(key=key, value=value)

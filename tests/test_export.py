@@ -287,3 +287,30 @@ def test_ort_int8_refuses_a_float_file_and_no_calibration(conv_files, tmp_path):
     with pytest.raises(export.ExportError, match="calibration batch"):
         export.ort_int8(paths["int8"], tmp_path / "x.onnx", [])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_tensorrt_mha_placement_is_symmetric_and_quantizes_both_attention_matmuls(vit_files, tmp_path):
+    fp32, int8, paths = vit_files
+    calibration = [_images(8, 30).numpy()]
+    export.ort_int8(paths["int8"], tmp_path / "vit_int8_trt_mha.onnx", calibration, tensorrt=True)
+    model = onnx.load(str(tmp_path / "vit_int8_trt_mha.onnx"))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    zero_points = [consts[n.input[2]] for n in model.graph.node if n.op_type in export.QDQ_OPS and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8
+    weights = [consts[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in consts and consts[n.input[0]].ndim > 1]
+    assert weights and all(w.min() >= -127 for w in weights)
+    def constant(name: str) -> bool:  # an initializer, or computed from initializers only (DQ -> Transpose of W)
+        return name in consts or (name in producer and all(constant(i) for i in producer[name].input if i))
+
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    attention = [n for n in matmuls if not any(constant(i) for i in n.input)]  # both operands are activations
+    assert len(attention) == 2 * sum(1 for m in fp32.modules() if hasattr(m, "qkv"))  # q k^T and softmax v per block
+    for n in attention:
+        assert all(producer[i].op_type == "DequantizeLinear" for i in n.input)  # int8 inputs, softmax output included
+    residual = [n for n in model.graph.node if n.op_type == "Add" and not any(constant(i) for i in n.input)]
+    assert residual and not [n for n in residual if any(i in producer and producer[i].op_type == "DequantizeLinear"
+                                                        for i in n.input)]  # residual Adds stay float
+    assert {p.key: p.value for p in model.metadata_props}["precision"] == "int8-qdq-symmetric"
+    assert export.onnx_agreement(fp32, tmp_path / "vit_int8_trt_mha.onnx", _images(8, 31))["cosine_mean"] > 0.9
