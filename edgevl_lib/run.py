@@ -117,12 +117,23 @@ def reuse_log(notebook: Path) -> list[str]:
     return lines
 
 
+class _NoAltTextNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Alternative text is missing" not in record.getMessage()
+
+
 def export_html(notebook: Path, html_path: Path) -> Path:
     """nbconvert the executed notebook to a standalone HTML report (inputs shown), written atomically."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter()
+    hint = _NoAltTextNotice()  # nbconvert gives every figure a default alt text, then warns that it did
+    exporter.log.addFilter(hint)
+    try:
+        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    finally:
+        exporter.log.removeFilter(hint)
     with atomic_path(html_path) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return html_path

@@ -223,3 +223,27 @@ def test_the_runner_starts_kernels_over_ipc_so_ipykernel_has_no_tcp_warning(book
     assert issubclass(run.ipc_kernel_manager(), __import__("jupyter_client").manager.AsyncKernelManager)
     km = run.ipc_kernel_manager()(kernel_name="python3")
     assert km.transport == "ipc"
+
+
+def test_html_export_of_figures_prints_no_alt_text_notice(tmp_path, caplog):
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    nb = nbf.v4.new_notebook()
+    cell = nbf.v4.new_code_cell("plot()")
+    cell.outputs = [nbf.v4.new_output("display_data", data={"image/png": base64.b64encode(buf.getvalue()).decode()})]
+    nb.cells = [cell]
+    nbf.write(nb, tmp_path / "fig.ipynb")
+    with caplog.at_level("WARNING"):
+        html = run.export_html(tmp_path / "fig.ipynb", tmp_path / "fig.html")
+    assert "<img" in html.read_text() and "alt=" in html.read_text()
+    assert not [r for r in caplog.records if "Alternative text" in r.getMessage()]
