@@ -275,14 +275,27 @@ def _subset_agreement(agree: np.ndarray, subsets: Mapping[str, np.ndarray], seed
 
 
 def _choose(rows: Mapping[str, Mapping[str, Any]], agree: Mapping[str, np.ndarray],
-            eval_scores: Mapping[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """The row with the highest mean held-out agreement, and paired bootstrap tests (Holm) of it against every other
-    row, on the held-out agreement and on eval."""
+            eval_scores: Mapping[str, np.ndarray], seed: int, incumbent: str | None = None) -> dict[str, Any]:
+    """The row with the highest mean held-out agreement (`chosen`), paired bootstrap tests (Holm) of it against every
+    other row on the held-out agreement and on eval, and the `recommendation` for the recipe: switch from the
+    `incumbent` (the recipe's current setting) to `chosen` only when `chosen` is significantly better on held-out
+    agreement (Holm p < alpha, diff > 0); otherwise keep the incumbent (a difference within noise moves no default)."""
     chosen = max(agree, key=lambda n: rows[n]["holdout_agreement"])
     pairs = [(chosen, n) for n in agree if n != chosen]
-    return {"chosen": chosen,
-            "vs_chosen_holdout": stats.compare_rows(agree, pairs, binary=False, seed=seed),
-            "vs_chosen_eval": stats.compare_rows(eval_scores, pairs, binary=False, seed=seed)}
+    holdout = stats.compare_rows(agree, pairs, binary=False, seed=seed)
+    out = {"chosen": chosen, "vs_chosen_holdout": holdout,
+           "vs_chosen_eval": stats.compare_rows(eval_scores, pairs, binary=False, seed=seed)}
+    if incumbent is not None and incumbent in agree:
+        test = holdout.get(f"{chosen} - {incumbent}")
+        switch = test is not None and test["p_holm"] < stats.ALPHA and test["diff"] > 0
+        out["incumbent"] = incumbent
+        out["recommendation"] = {
+            "setting": chosen if switch else incumbent,
+            "why": ("the recipe's setting is the highest" if test is None else
+                    f"{chosen} - {incumbent} = {100 * test['diff']:+.1f} pts [{100 * test['ci'][0]:+.1f}, "
+                    f"{100 * test['ci'][1]:+.1f}], Holm p {test['p_holm']:.2g}: "
+                    + ("significantly better, switch" if switch else "within noise, keep the recipe's setting"))}
+    return out
 
 
 def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple[str, float]] | None = None,
@@ -365,7 +378,8 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     ran = [n for n in rows if not rows[n].get("skipped")]
     if not ran:
         raise ValueError(f"curation study: every setting keeps fewer than {r.stage1.batch_size} training images")
-    choice = _choose(rows, agree, eval_scores, r.seed)
+    value = cur.tau if cur.mode == "threshold" else cur.top_fraction
+    choice = _choose(rows, agree, eval_scores, r.seed, incumbent=f"{cur.mode}_{value:.2f}")
     chosen = choice["chosen"]
     half = subsets["confident_half"]
     choice["vs_chosen_confident_half"] = stats.compare_rows({n: a[half] for n, a in agree.items()},
@@ -456,7 +470,7 @@ def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequ
                       "seconds": round(time.perf_counter() - t0, 1)}
         log.info("stage-2 study %s: held-out agreement %.3f, eval paper avg %.3f", name,
                  rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
-    choice = _choose(rows, agree, eval_scores, base.seed)
+    choice = _choose(rows, agree, eval_scores, base.seed, incumbent="default" if "default" in rows else None)
     chosen = choice["chosen"]
     metrics = {
         "holdout": {"fraction": holdout, "images": len(held_ids), "seed": base.seed},
@@ -511,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: held-out agreement {row['holdout_agreement']:.3f}, eval paper avg {row['eval_paper_avg']:.3f}"
                   f", grad ratio {row['grad_ratio']}")
         print("chosen (held-out agreement):", m["chosen"])
+        if "recommendation" in m:
+            print(f"recommendation: {m['recommendation']['setting']} ({m['recommendation']['why']})")
     else:
         settings = [(x.split(":")[0], float(x.split(":")[1])) for x in args.settings] if args.settings else None
         m = curation_study(args.recipe, settings, args.holdout, args.overrides, args.out, args.smoke, args.equal_steps)
@@ -524,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{row['uninformative']['discarded']}/{row['uninformative']['total']}, held-out agreement "
                   f"{row['holdout_agreement']:.3f}, eval paper avg {row['eval_paper_avg']:.3f}")
         print("chosen (held-out agreement):", m["chosen"])
+        if "recommendation" in m:
+            print(f"recommendation: {m['recommendation']['setting']} ({m['recommendation']['why']})")
     print(json.dumps({"seconds": m["seconds"]}))
     return 0
 

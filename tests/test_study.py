@@ -105,3 +105,20 @@ def test_smoke_studies_write_their_reports(tmp_path, monkeypatch):
     assert set(s2["options"]) == {"default", "qat_only"} and s2["chosen"] in s2["options"]
     assert s2["options"]["qat_only"]["grad_ratio"] == [None]  # one term only: no ratio
     assert list(s2["vs_chosen_holdout"]) == [f"{s2['chosen']} - {n}" for n in s2["options"] if n != s2["chosen"]]
+
+
+def test_choose_keeps_the_incumbent_unless_the_best_is_significantly_better():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, 400).astype(float)
+    close = base.copy()
+    close[np.flatnonzero(base == 0)[:8]] = 1.0  # 8 images gained, 6 lost: +0.5 points, the best row within noise
+    close[np.flatnonzero(base == 1)[:6]] = 0.0
+    far = np.where(rng.random(400) < 0.3, 1.0, base)  # about +15 points
+    for best, expect in ((close, "incumbent"), (far, "better")):
+        agree = {"incumbent": base, "better": best}
+        rows = {n: {"holdout_agreement": float(a.mean())} for n, a in agree.items()}
+        c = study._choose(rows, agree, agree, seed=0, incumbent="incumbent")
+        assert c["chosen"] == "better" and c["incumbent"] == "incumbent"
+        assert c["recommendation"]["setting"] == expect, c["recommendation"]
+    same = study._choose({"a": {"holdout_agreement": 1.0}}, {"a": base}, {"a": base}, 0, incumbent="a")
+    assert same["recommendation"]["setting"] == "a"
