@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from . import bench
-from .utils import atomic_path
+from .utils import atomic_path, drop_log_messages, quiet_logger
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,10 @@ def _config_of(model: torch.nn.Module) -> dict[str, Any]:
 @contextlib.contextmanager
 def _quiet_exporter_logs() -> Any:
     """The exporter's optimiser logs every pass at INFO; keep notebooks that log at INFO readable."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
+    with contextlib.ExitStack() as stack:
+        for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+            stack.enter_context(quiet_logger(name, logging.WARNING))
         yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def model_metadata(model: torch.nn.Module, image_size: int, precision: str, params: int | None = None,
@@ -291,6 +286,14 @@ def pair_agreement(fp32: torch.nn.Module, int8: torch.nn.Module, files: Mapping[
 # ----------------------------------------------------------------------------------------------
 
 
+def _symmetric_int8_scale(scale: np.ndarray | float, zero: np.ndarray | int) -> np.ndarray:
+    """The symmetric int8 scale covering a uint8 grid's real range [(0 - z) s, (255 - z) s]:
+    s' = s max(z, 255 - z) / 127 (zero point 0), TensorRT's only activation scheme."""
+    z = np.asarray(zero).astype(np.float64)
+    out = np.asarray(scale).astype(np.float64) * np.maximum(z, 255.0 - z) / 127.0
+    return np.asarray(out, dtype=np.asarray(scale).dtype)
+
+
 def to_tensorrt_qdq(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Rewrite an x86 Q/DQ file into the symmetric signed int8 Q/DQ TensorRT requires (zero point 0).
 
@@ -321,8 +324,7 @@ def to_tensorrt_qdq(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         zero = numpy_helper.to_array(inits[node.input[2]])
         scale = numpy_helper.to_array(inits[node.input[1]])
         if zero.dtype == np.uint8:
-            z = zero.astype(np.float64)
-            new_scale = (scale.astype(np.float64) * np.maximum(z, 255.0 - z) / 127.0).astype(scale.dtype)
+            new_scale = _symmetric_int8_scale(scale, zero)
             key = f"{node.input[1]}__{node.input[2]}__trt"
             if key + "_scale" not in new_inits:
                 new_inits[key + "_scale"] = numpy_helper.from_array(new_scale, key + "_scale")
@@ -534,14 +536,9 @@ class _ArrayReader:
         return next(self._batches, None)
 
 
-class _DropPreprocessHint(logging.Filter):
-    """onnxruntime.quantization's root-logger advice that says nothing about our files: run its own pre-processing
-    (we fold and simplify ourselves), and "Axis 1 is out-of-range" for rank-1 norm weights it never quantizes."""
-
-    NOISE = ("pre-processing", "is out-of-range for weight")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in record.getMessage() for n in self.NOISE)
+# onnxruntime.quantization's root-logger advice that says nothing about our files: run its own pre-processing (we fold
+# and simplify ourselves), and "Axis 1 is out-of-range" for rank-1 norm weights it never quantizes
+ORT_QUANT_NOISE: tuple[str, ...] = ("pre-processing", "is out-of-range for weight")
 
 
 def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequence[np.ndarray | torch.Tensor],
@@ -593,17 +590,13 @@ def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequen
     present = {i for n in simple.graph.node for i in n.input} | {o for n in simple.graph.node for o in n.output}
     overrides = {k: v for k, v in grid.items() if k in present} if trained_grid else {}
     if tensorrt:  # activations only, on the symmetric int8 grid that covers the trained range
-        overrides = {k: [{"scale": np.asarray(float(v[0]["scale"]) * max(int(v[0]["zero_point"]),
-                                                                        255 - int(v[0]["zero_point"])) / 127.0,
-                                              np.float32).reshape(()),
+        overrides = {k: [{"scale": _symmetric_int8_scale(np.float32(v[0]["scale"]), v[0]["zero_point"]).reshape(()),
                           "zero_point": np.asarray(0, np.int8).reshape(())}]
                      for k, v in overrides.items() if len(v) == 1 and np.asarray(v[0]["zero_point"]).dtype == np.uint8}
     with tempfile.TemporaryDirectory() as tmp:
         float_path, out_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(simple, str(float_path))
-        hint = _DropPreprocessHint()
-        logging.getLogger().addFilter(hint)
-        try:
+        with drop_log_messages(None, *ORT_QUANT_NOISE):
             ortq.quantize_static(str(float_path), str(out_path), _ArrayReader(batches),
                                  quant_format=ortq.QuantFormat.QDQ, per_channel=True,
                                  activation_type=ortq.QuantType.QInt8 if tensorrt else ortq.QuantType.QUInt8,
@@ -613,8 +606,6 @@ def ort_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: Sequen
                                                 **({"ActivationSymmetric": True, "WeightSymmetric": True,
                                                     "QuantizeBias": False}
                                                    if tensorrt else {})})
-        finally:
-            logging.getLogger().removeFilter(hint)
         quantized = onnx.load(str(out_path))
     meta = {p.key: p.value for p in quantized.metadata_props}
     meta.update({"precision": "int8-qdq-symmetric" if tensorrt else "int8-qdq-ort",
@@ -675,15 +666,11 @@ def int8_variants(fp32: torch.nn.Module, files: Mapping[str, Path], calibration:
                                              hidden_size=hidden_size)
     with atomic_path(paths["fp32_fused"], suffix=".onnx") as tmp:
         fused.save_model_to_file(str(tmp))
-    hint = _DropPreprocessHint()
-    logging.getLogger().addFilter(hint)
-    try:
+    with drop_log_messages(None, *ORT_QUANT_NOISE):
         for src, dst in ((files["fp32"], "int8_dynamic"), (paths["fp32_fused"], "int8_dynamic_fused")):
             with atomic_path(paths[dst], suffix=".onnx") as tmp:
                 ortq.quantize_dynamic(str(src), str(tmp), weight_type=ortq.QuantType.QInt8,
                                       extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        logging.getLogger().removeFilter(hint)
     ort_int8(files["int8"], paths["int8_static_all"], calibration)
     return paths
 

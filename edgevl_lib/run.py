@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgevl_lib.utils import PROJECT_ROOT, atomic_path, reports_dir
+from edgevl_lib.utils import PROJECT_ROOT, atomic_path, drop_log_messages, reports_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,23 +117,15 @@ def reuse_log(notebook: Path) -> list[str]:
     return lines
 
 
-class _NoAltTextNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Alternative text is missing" not in record.getMessage()
-
-
 def export_html(notebook: Path, html_path: Path) -> Path:
     """nbconvert the executed notebook to a standalone HTML report (inputs shown), written atomically."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter()
-    hint = _NoAltTextNotice()  # nbconvert gives every figure a default alt text, then warns that it did
-    exporter.log.addFilter(hint)
-    try:
+    # nbconvert gives every figure a default alt text, then warns that it did
+    with drop_log_messages(exporter.log, "Alternative text is missing"):
         body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    finally:
-        exporter.log.removeFilter(hint)
     with atomic_path(html_path) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return html_path

@@ -17,9 +17,12 @@ with paired statistics over those samples:
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 N_BOOT = 2000
@@ -188,12 +191,10 @@ def above_chance(accuracy: float, n: int, num_classes: int, alpha: float = ALPHA
 
 def warn_at_chance(results: Mapping[str, Mapping[str, Any]], who: str = "teacher") -> list[str]:
     """Log one WARNING per modality whose `above_chance` verdict is `at chance`, and return the messages."""
-    import logging
-
     messages = [f"{who} zero-shot on {m} is at chance ({r['accuracy']:.3f} vs 1/{round(1 / r['chance'])}, "
                 f"p {r['p']:.2g}, n {r['n']}): its pseudo-labels carry no class information there; check the "
                 f"modality encoding (data.default_encoding) and the teacher before trusting stage 2 on {m}"
                 for m, r in results.items() if r["verdict"] == "at chance"]
     for message in messages:
-        logging.getLogger(__name__).warning(message)
+        log.warning(message)
     return messages

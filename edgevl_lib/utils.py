@@ -124,6 +124,28 @@ def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
         logger.setLevel(before)
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, substrings: Iterable[str]) -> None:
+        super().__init__()
+        self.substrings = tuple(substrings)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(s in record.getMessage() for s in self.substrings)
+
+
+@contextlib.contextmanager
+def drop_log_messages(logger: logging.Logger | str | None, *substrings: str) -> Iterator[None]:
+    """Drop the records of `logger` (a Logger, its name, or None for the root logger) whose message contains one of
+    `substrings`, for the block; every other record passes (known third-party notices, not a level change)."""
+    target = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+    dropped = _DropMessages(substrings)
+    target.addFilter(dropped)
+    try:
+        yield
+    finally:
+        target.removeFilter(dropped)
+
+
 # torchao registers enums with torch's pytree when it is first imported (by quantize, or by transformers through
 # sentence_transformers), which torch 2.14 answers with one deprecation warning per enum: say nothing to users
 PYTREE_LOGGER = "torch.utils._pytree"
