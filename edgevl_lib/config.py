@@ -363,6 +363,11 @@ class Stage2Config:
             and fp32_ld rows of `stage2.build_int8_variants` keep w_d = 1 then).
         grad_ratio_batches: per epoch, the first batches on which ||∇_θ L_c|| / ||∇_θ L_d|| is measured (when
             both terms are on; history `grad_ratio`); 0 measures nothing.
+        balance: "none" (λ as given) or "grad_norm": each step weighs L_c by λ_t = λ w_d / r̄_t, r̄_t the mean
+            ||∇L_c|| / ||∇L_d|| of the epoch's measured batches so far (the first `grad_ratio_batches`, the
+            current one included), so ||λ_t ∇L_c|| / ||w_d ∇L_d|| = λ on them: λ becomes the ratio of the two
+            terms' gradient norms, and neither swamps the other at λ = 1 (history `lambda_eff`, the epoch's
+            last λ_t).
         holdout_fraction: share of the curated images held out of training (a seeded random slice); the epoch
             with the highest held-out agreement (mean cosine of student and stored teacher embeddings) is kept.
             0 keeps the last epoch.
@@ -394,6 +399,7 @@ class Stage2Config:
     negatives: str = "nearest"
     distill_weight: float = 1.0
     grad_ratio_batches: int = 2
+    balance: str = "none"
     holdout_fraction: float = 0.0
     epochs: int = 5
     batch_size: int = 64
@@ -420,6 +426,10 @@ class Stage2Config:
         check(self.distill_weight > 0 or self.contrastive_weight > 0, "distill_weight",
               "and contrastive_weight cannot both be 0 (no loss)", self.distill_weight)
         check(self.grad_ratio_batches >= 0, "grad_ratio_batches", "must be >= 0", self.grad_ratio_batches)
+        check(self.balance in ("none", "grad_norm"), "balance", "must be 'none' or 'grad_norm'", self.balance)
+        check(self.balance == "none" or (self.grad_ratio_batches >= 1 and self.distill_weight > 0
+                                         and self.contrastive_weight > 0), "balance",
+              "'grad_norm' needs grad_ratio_batches >= 1, distill_weight > 0 and contrastive_weight > 0", self.balance)
         check(0 <= self.holdout_fraction < 1, "holdout_fraction", "must be in [0, 1)", self.holdout_fraction)
         check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
         check(self.batch_size >= 2, "batch_size", "must be >= 2 (triplets are mined within a batch)", self.batch_size)

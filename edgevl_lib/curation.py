@@ -14,8 +14,10 @@ Two selection rules:
 * `top_fraction` (the released code): keep the ceil(f * N) most confident images, ties broken by the
   lower index.
 
-Ground-truth labels are never used to select: `curation_report` uses them only to evaluate the
-selection (pseudo-label accuracy of the kept and of the discarded images).
+Ground-truth labels are never used to select images: `curation_report` uses them only to evaluate the
+selection (pseudo-label accuracy of the kept and of the discarded images), and `check_requirements` compares that
+evaluation with the stated requirements of a default curation (`REQUIREMENTS`), which the curation study uses to
+admit settings (adapt split only, never eval).
 
 Prompt files live in `edgevl_lib/prompts/` (see `prompt_path`): templates with `{}` for the class name,
 label supersets (one name per line) and optional LLM-written descriptions (JSON {name: description})
@@ -478,6 +480,60 @@ def curation_report(result: CurationResult, true_labels: Sequence[int | None],
         "uninformative": {"total": len(unin), "discarded": len(unin - set(result.ids))},
         "kept_per_pseudo_class": dict(sorted(per_class.items())),
     }
+
+
+REQUIREMENTS: dict[str, tuple[str, float]] = {
+    "removed_fraction": (">=", 0.15),
+    "kept_pseudo_acc": (">=", 0.95),
+    "classes_missing": ("<=", 0),
+    "uninformative_discarded": (">=", 0.80),
+}
+"""What a default curation must do on a benchmark with uninformative frames, each as (operator, bound) on a value
+of `requirement_values`: remove at least 15 % of adapt, keep pseudo-label accuracy >= 0.95 and every class, discard
+at least 80 % of the uninformative frames. Measured with the adapt split's labels and the benchmark's list of
+uninformative frames, never with eval."""
+
+
+def requirement_values(report: Mapping[str, Any]) -> dict[str, float | None]:
+    """The values `REQUIREMENTS` bound, from a `curation_report` (None when the data cannot measure one):
+
+        removed_fraction        = (total - kept) / total
+        kept_pseudo_acc         = the report's (None without labels)
+        classes_missing         = classes_total - classes_kept
+        uninformative_discarded = |U discarded| / |U|   (None when no frame is known to be uninformative)
+    """
+    unin = report["uninformative"]
+    return {"removed_fraction": (report["total"] - report["kept"]) / report["total"],
+            "kept_pseudo_acc": report["kept_pseudo_acc"],
+            "classes_missing": float(report["classes_total"] - report["classes_kept"]),
+            "uninformative_discarded": unin["discarded"] / unin["total"] if unin["total"] else None}
+
+
+def check_requirements(report: Mapping[str, Any],
+                       requirements: Mapping[str, tuple[str, float]] = REQUIREMENTS) -> dict[str, dict[str, Any]]:
+    """Each requirement against a `curation_report`: {name: {value, op, bound, met}}, `met` None when the data
+    cannot measure the value (no labels, no known uninformative frames). `meets_requirements` reads it."""
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
+    values = requirement_values(report)
+    out = {}
+    for name, (op, bound) in requirements.items():
+        if name not in values or op not in ops:
+            raise ValueError(f"unknown requirement {name!r} {op!r}: names {list(values)}, operators {list(ops)}")
+        v = values[name]
+        out[name] = {"value": v, "op": op, "bound": bound, "met": None if v is None else bool(ops[op](v, bound))}
+    return out
+
+
+def meets_requirements(checks: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when no requirement of `check_requirements` fails (an unmeasurable one does not fail)."""
+    return all(c["met"] is not False for c in checks.values())
+
+
+def describe_requirements(checks: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line of `check_requirements`: `name value op bound: met / NOT met / not measurable; ...`."""
+    verdicts = {True: "met", False: "NOT met", None: "not measurable"}
+    return "; ".join(f"{name} {'n/a' if c['value'] is None else format(c['value'], '.3f')} {c['op']} "
+                     f"{c['bound']:g}: {verdicts[c['met']]}" for name, c in checks.items())
 
 
 def tau_sweep(result: CurationResult, ids: Sequence[str], true_labels: Sequence[int | None],

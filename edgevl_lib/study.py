@@ -2,6 +2,7 @@
 
     python -m edgevl_lib.study seeds     [--recipe R] [--seeds 0 1 2] [--config NAME=k=v,k=v ...]
     python -m edgevl_lib.study curation  [--recipe R] [--holdout 0.2] [--equal-steps] [--settings MODE:VALUE ...]
+                                         [--require NAME>=X ... | --no-requirements] [--budget-epochs 3]
     python -m edgevl_lib.study stage2    [--recipe R] [--config NAME=k=v,k=v ...]
 
 **Seeds** (`seed_study`, reports/study/metrics.json). For each configuration c (the recipe plus overrides; default
@@ -24,9 +25,12 @@ label-free on the held-out images: teacher agreement
 
     agree_i = mean_{m in trained modalities} [argmax_k cos(S(x_i^m), t_k) == pseudo_i],   k over the superset
 
-(pseudo_i: the teacher's RGB pseudo-label). The setting with the highest mean agreement is the one to use; paired
-bootstrap tests against it (Holm) say which others are indistinguishable. Eval-split zero-shot of each student is
-reported beside it, never used to choose.
+(pseudo_i: the teacher's RGB pseudo-label). Settings are first admitted by the stated requirements of a default
+curation (`curation.REQUIREMENTS`: share removed, pseudo-label accuracy, classes kept, uninformative frames discarded,
+measured on the adapt split with its labels); the admitted setting with the highest mean agreement is the one to use,
+and paired bootstrap tests against it (Holm) say which others are indistinguishable and what the requirements cost
+against the highest setting overall (`best`). Eval-split zero-shot of each student is reported beside it, never used
+to choose.
 """
 from __future__ import annotations
 
@@ -37,20 +41,22 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import stats, utils
 from .cache import build_embedding_cache
-from .curation import curate_by_confidence, curation_report, known_uninformative, superset_text
+from .config import CurationConfig
+from .curation import (REQUIREMENTS, check_requirements, curate_by_confidence, curation_report, known_uninformative,
+                       meets_requirements, superset_text)
 from .data import preload
 from .evaluate import embed_model
 from .pipeline import run_curation, run_stage1, run_stage2
 from .recipe import DEFAULT_RECIPE, Recipe, load_recipe
 from .stage2 import CLAIMS as STAGE2_CLAIMS, evaluate_variants
-from .train import train_stage1
+from .train import holdout_rows, train_stage1
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +236,6 @@ def results_table(metrics: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, held-out indices), both ascending: a seeded random `round(fraction n)` are held out."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    perm = np.random.default_rng([seed, 7]).permutation(n)
-    k = int(round(fraction * n))
-    return np.sort(perm[k:]), np.sort(perm[:k])
-
-
 def teacher_agreement(emb: Mapping[str, torch.Tensor], text: torch.Tensor, pseudo: Sequence[int],
                       modalities: Sequence[str]) -> np.ndarray:
     """Per image: the share of `modalities` whose zero-shot prediction over `text` equals the pseudo-label
@@ -275,39 +272,78 @@ def _subset_agreement(agree: np.ndarray, subsets: Mapping[str, np.ndarray], seed
 
 
 def _choose(rows: Mapping[str, Mapping[str, Any]], agree: Mapping[str, np.ndarray],
-            eval_scores: Mapping[str, np.ndarray], seed: int, incumbent: str | None = None) -> dict[str, Any]:
-    """The row with the highest mean held-out agreement (`chosen`), paired bootstrap tests (Holm) of it against every
-    other row on the held-out agreement and on eval, and the `recommendation` for the recipe: switch from the
-    `incumbent` (the recipe's current setting) to `chosen` only when `chosen` is significantly better on held-out
-    agreement (Holm p < alpha, diff > 0); otherwise keep the incumbent (a difference within noise moves no default)."""
-    chosen = max(agree, key=lambda n: rows[n]["holdout_agreement"])
+            eval_scores: Mapping[str, np.ndarray], seed: int, incumbent: str | None = None,
+            admitted: Collection[str] | None = None) -> dict[str, Any]:
+    """The row with the highest mean held-out agreement among the `admitted` ones (all rows when None; the
+    highest overall when none is admitted), paired bootstrap tests (Holm) of it against every other row on the
+    held-out agreement and on eval, and the `recommendation` for the recipe:
+
+    * no row is admitted: keep the `incumbent` (the recipe's current setting);
+    * the incumbent is not admitted: switch to `chosen`;
+    * otherwise switch only when `chosen` is significantly better than the incumbent on held-out agreement (Holm
+      p < alpha, diff > 0); a difference within noise moves no default.
+
+    `best` is the highest row overall; when it is not `chosen`, the test `chosen - best` is what the requirements
+    cost on the criterion."""
+    best = max(agree, key=lambda n: rows[n]["holdout_agreement"])
+    pool = [n for n in agree if admitted is None or n in admitted]
+    chosen = max(pool, key=lambda n: rows[n]["holdout_agreement"]) if pool else best
     pairs = [(chosen, n) for n in agree if n != chosen]
     holdout = stats.compare_rows(agree, pairs, binary=False, seed=seed)
-    out = {"chosen": chosen, "vs_chosen_holdout": holdout,
+    out = {"chosen": chosen, "best": best, "vs_chosen_holdout": holdout,
            "vs_chosen_eval": stats.compare_rows(eval_scores, pairs, binary=False, seed=seed)}
+    if admitted is not None:
+        out["admitted"] = pool
     if incumbent is not None and incumbent in agree:
         test = holdout.get(f"{chosen} - {incumbent}")
-        switch = test is not None and test["p_holm"] < stats.ALPHA and test["diff"] > 0
+        if admitted is not None and incumbent not in admitted and pool:
+            switch, verdict = True, "the recipe's setting fails the requirements, switch"
+        else:
+            switch = test is not None and test["p_holm"] < stats.ALPHA and test["diff"] > 0
+            verdict = "significantly better, switch" if switch else "within noise, keep the recipe's setting"
         out["incumbent"] = incumbent
         out["recommendation"] = {
             "setting": chosen if switch else incumbent,
-            "why": ("the recipe's setting is the highest" if test is None else
+            "why": ("the recipe's setting is the highest" + (" admitted" if admitted is not None else "")
+                    if test is None else
                     f"{chosen} - {incumbent} = {100 * test['diff']:+.1f} pts [{100 * test['ci'][0]:+.1f}, "
-                    f"{100 * test['ci'][1]:+.1f}], Holm p {test['p_holm']:.2g}: "
-                    + ("significantly better, switch" if switch else "within noise, keep the recipe's setting"))}
+                    f"{100 * test['ci'][1]:+.1f}], Holm p {test['p_holm']:.2g}: {verdict}")}
+        if admitted is not None and not pool:
+            out["recommendation"] = {"setting": incumbent,
+                                     "why": "no setting meets the requirements: keep the recipe's setting"}
     return out
+
+
+EQUAL_STEPS_EPOCHS = 3
+"""The equal-steps budget of the curation study: this many epochs over the largest setting's training images."""
+
+
+def _runs_recipe(r: Recipe) -> Recipe:
+    """`r` without what the study's runs do not depend on (the recipe's own curation choice and stage-1 epochs:
+    each setting curates itself and its epochs name its folder), so the cache key survives a change of default."""
+    d = CurationConfig()
+    return dataclasses.replace(r, curation=dataclasses.replace(r.curation, mode=d.mode, tau=d.tau,
+                                                               top_fraction=d.top_fraction),
+                               stage1=dataclasses.replace(r.stage1, epochs=1))
 
 
 def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple[str, float]] | None = None,
                    holdout: float = 0.2, overrides: Sequence[str] = (), out_dir: str | Path | None = None,
-                   smoke: bool = False, equal_steps: bool = False) -> dict[str, Any]:
+                   smoke: bool = False, equal_steps: bool = False,
+                   requirements: Mapping[str, tuple[str, float]] | None = REQUIREMENTS,
+                   budget_epochs: int = EQUAL_STEPS_EPOCHS) -> dict[str, Any]:
     """Every curation setting's downstream stage-1 student, scored by teacher agreement on held-out adapt images
     (module docstring); writes `<out_dir>/metrics.json` (default reports/study/curation, or .../curation_equal_steps).
 
     At the recipe's epochs a setting that keeps fewer images also trains fewer steps, so the sweep mixes the
     curation with the training budget. `equal_steps` is the control: setting s trains
-    `E_s = max(1, round(E N_max / N_s))` epochs (N_s its training images, N_max the largest N_s of the sweep), so
-    every student takes about the same number of optimizer steps.
+    `E_s = max(1, round(E N_max / N_s))` epochs (E = `budget_epochs`, N_s its training images, N_max the largest
+    N_s of the sweep), so every student takes about the same number of optimizer steps whatever the recipe's own
+    `stage1.epochs`.
+
+    `requirements` (default `curation.REQUIREMENTS`; None admits every setting): a setting is admitted when its
+    curation meets them (`curation.check_requirements`, adapt labels only); the chosen setting is the highest held-out
+    agreement among the admitted ones, and the recommendation switches from a recipe setting that fails them.
 
     Returns:
         {"holdout", "settings": {name: {curation report, holdout_agreement, ci, eval paper average}},
@@ -319,7 +355,7 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     start = time.perf_counter()
     art = run_curation(r)
     adapt, result = art.adapt, art.result
-    train_idx, held_idx = holdout_split(len(adapt), holdout, r.seed)
+    train_idx, held_idx = holdout_rows(len(adapt), holdout, r.seed)
     text = superset_text(art.teacher, r.curation)
     uninformative = known_uninformative(adapt)
     cur = r.curation
@@ -338,8 +374,8 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     evalset = preload(art.evalset)
     trained = list(r.stage1.modalities)
     train_set = set(int(i) for i in train_idx)
-    folder = utils.cache_dir() / "study" / "curation" / r.key("stage1", embeddings=pool.meta.get("key"),
-                                                             holdout=[holdout, r.seed])
+    folder = utils.cache_dir() / "study" / "curation" / _runs_recipe(r).key("stage1", embeddings=pool.meta.get("key"),
+                                                                           holdout=[holdout, r.seed])
     train_data = preload(adapt, r.stage1.modalities)
     curated = {}
     for mode, value in settings:
@@ -347,6 +383,7 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
         curated[(mode, value)] = curate_by_confidence(result.confidences, result.all_pseudo_labels, list(adapt.ids),
                                                       result.superset, mode, **kw)
     n_max = max(sum(i in train_set for i in res.kept) for res in curated.values())
+    requirements = dict(requirements) if requirements is not None else None
     rows: dict[str, Any] = {}
     agree: dict[str, np.ndarray] = {}
     eval_scores: dict[str, np.ndarray] = {}
@@ -360,18 +397,20 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
             rows[name] = {"mode": mode, "value": value, "trained_images": len(kept_train), "skipped": True}
             continue
         t0 = time.perf_counter()
-        epochs = max(1, round(r.stage1.epochs * n_max / len(kept_train))) if equal_steps else r.stage1.epochs
+        epochs = max(1, round(budget_epochs * n_max / len(kept_train))) if equal_steps else r.stage1.epochs
         sub = folder / f"{name}_e{epochs}"
         trained_run = train_stage1(dataclasses.replace(r.stage1, epochs=epochs, checkpoint_dir=str(sub / "checkpoints")),
                                    train_data, pool.select(kept_train), out_dir=sub)
         student = trained_run.student.cpu().eval()
         agree[name], eval_scores[name], scores = _score_student(student, name, held, text, held_pseudo, evalset,
                                                                 art.class_text, trained, r.stage1.encodings, r.seed)
+        checks = None if requirements is None else check_requirements(report, requirements)
         rows[name] = {"mode": mode, "value": value, "trained_images": len(kept_train), "epochs": epochs,
                       "steps": epochs * -(-len(kept_train) // r.stage1.batch_size),
                       **{k: report[k] for k in ("kept", "total", "kept_fraction", "kept_pseudo_acc", "classes_kept",
                                                 "classes_total", "pseudo_classes_kept", "uninformative")},
                       **scores, **_subset_agreement(agree[name], subsets, r.seed),
+                      **({} if checks is None else {"requirements": checks, "admitted": meets_requirements(checks)}),
                       "seconds": round(time.perf_counter() - t0, 1)}
         log.info("curation study %s: %d trained, held-out agreement %.3f, eval paper avg %.3f", name,
                  len(kept_train), rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
@@ -379,7 +418,8 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     if not ran:
         raise ValueError(f"curation study: every setting keeps fewer than {r.stage1.batch_size} training images")
     value = cur.tau if cur.mode == "threshold" else cur.top_fraction
-    choice = _choose(rows, agree, eval_scores, r.seed, incumbent=f"{cur.mode}_{value:.2f}")
+    admitted = None if requirements is None else [n for n in ran if rows[n]["admitted"]]
+    choice = _choose(rows, agree, eval_scores, r.seed, incumbent=f"{cur.mode}_{value:.2f}", admitted=admitted)
     chosen = choice["chosen"]
     half = subsets["confident_half"]
     choice["vs_chosen_confident_half"] = stats.compare_rows({n: a[half] for n, a in agree.items()},
@@ -388,13 +428,17 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     metrics = {
         "holdout": {"fraction": holdout, "images": len(held_idx), "seed": r.seed,
                     "uninformative": int(sum(adapt.ids[i] in set(uninformative) for i in held_idx))},
-        "selection": "highest mean teacher agreement on the held-out adapt images (label-free); eval never used",
+        "selection": ("highest mean teacher agreement on the held-out adapt images (label-free)"
+                      + ("" if requirements is None else " among the settings whose curation meets `requirements` "
+                         "(adapt labels and the benchmark's uninformative list)") + "; eval never used"),
+        "requirements": None if requirements is None else {k: list(v) for k, v in requirements.items()},
         "diagnostics": {"holdout_agreement_confident_half": "the same agreement on the held-out images whose teacher "
                         "confidence is at least the held-out median (one fixed half for every setting; label-free)",
                         "holdout_agreement_informative / _uninformative": "split by the benchmark's list of "
                         "uninformative frames (metadata a user does not have): reported, never choosing",
                         "vs_chosen_confident_half": "paired tests of the chosen setting on the confident half"},
         "equal_steps": equal_steps,
+        "budget": {"epochs": budget_epochs if equal_steps else r.stage1.epochs, "largest_training_set": n_max},
         "settings": rows, **choice,
         "recipe": r.record(), "seconds": round(time.perf_counter() - start, 1),
     }
@@ -413,12 +457,14 @@ DEFAULT_STAGE2_OPTIONS: dict[str, tuple[str, ...]] = {
     "default": (),
     "qat_only": ("stage2.contrastive_weight=0",),
     "lambda_0.01": ("stage2.contrastive_weight=0.01",),
+    "grad_norm_balance": ("stage2.balance=grad_norm",),
     "bank": ("stage2.mining=bank",),
     "random_negatives": ("stage2.negatives=random",),
     "released": ("stage2.mining=bank", "stage2.negatives=random", "stage2.distill_weight=0"),
 }
 """Stage-2 options (overrides) compared by `stage2_study`: the recipe's, plain QAT (the control for the triplet term),
-a balanced λ (the triplet gradient is ~200x the distillation gradient at λ = 1), bank mining, random negatives,
+a fixed balanced λ (the triplet gradient is ~200x the distillation gradient at λ = 1), the automatic balance
+(`Stage2Config.balance="grad_norm"`: both terms' gradients of equal norm), bank mining, random negatives,
 and the released code's combination (bank, random negatives, triplet-only)."""
 
 
@@ -432,7 +478,7 @@ def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequ
     """
     from . import quantize
     from .stage2 import Int8Student
-    from .train import holdout_rows, train_stage2
+    from .train import train_stage2
 
     options = dict(DEFAULT_STAGE2_OPTIONS if options is None else options)
     recipes = {n: load_recipe(recipe, [*overrides, *o], smoke=smoke) for n, o in options.items()}  # refuse early
@@ -467,6 +513,7 @@ def stage2_study(recipe: str | Path = DEFAULT_RECIPE, options: Mapping[str, Sequ
                                                                 art.class_text, trained, r.stage1.encodings, base.seed)
         rows[name] = {"overrides": list(options[name]), **scores,
                       "grad_ratio": [h.get("grad_ratio") for h in run.history],
+                      "lambda_eff": [h.get("lambda_eff") for h in run.history],
                       "seconds": round(time.perf_counter() - t0, 1)}
         log.info("stage-2 study %s: held-out agreement %.3f, eval paper avg %.3f", name,
                  rows[name]["holdout_agreement"], rows[name]["eval_paper_avg"])
@@ -501,6 +548,22 @@ def _parse_configs(items: Sequence[str] | None) -> dict[str, tuple[str, ...]] | 
     return out
 
 
+def _parse_requirements(items: Sequence[str] | None) -> dict[str, tuple[str, float]] | None:
+    """`NAME>=X` / `NAME<=X` ... -> {NAME: (op, X)}; None when there are none."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        op = ">=" if ">=" in item else "<=" if "<=" in item else None
+        if op is None:
+            raise SystemExit(f"--require {item!r}: write NAME>=X or NAME<=X, NAME one of {list(REQUIREMENTS)}")
+        name, _, bound = item.partition(op)
+        if name not in REQUIREMENTS:
+            raise SystemExit(f"--require {item!r}: unknown name {name!r}; names: {list(REQUIREMENTS)}")
+        out[name] = (op, float(bound))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgevl_lib.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=["seeds", "curation", "stage2"])
@@ -512,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--equal-steps", action="store_true", help="curation: the same optimizer steps per setting")
     parser.add_argument("--settings", nargs="+", help="curation: MODE:VALUE ... (default: the 9 of the module)")
+    parser.add_argument("--require", action="append", metavar="NAME>=X", help="curation: a requirement (repeatable; "
+                        "replaces the default " + ", ".join(f"{k}{op}{v:g}" for k, (op, v) in REQUIREMENTS.items())
+                        + ")")
+    parser.add_argument("--no-requirements", action="store_true", help="curation: admit every setting")
+    parser.add_argument("--budget-epochs", type=int, default=EQUAL_STEPS_EPOCHS,
+                        help="curation --equal-steps: epochs over the largest setting's training images")
     parser.add_argument("--out", default=None)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -529,7 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"recommendation: {m['recommendation']['setting']} ({m['recommendation']['why']})")
     else:
         settings = [(x.split(":")[0], float(x.split(":")[1])) for x in args.settings] if args.settings else None
-        m = curation_study(args.recipe, settings, args.holdout, args.overrides, args.out, args.smoke, args.equal_steps)
+        requirements = None if args.no_requirements else _parse_requirements(args.require) or REQUIREMENTS
+        m = curation_study(args.recipe, settings, args.holdout, args.overrides, args.out, args.smoke, args.equal_steps,
+                           requirements, args.budget_epochs)
         for name, row in m["settings"].items():
             if row.get("skipped"):
                 print(f"{name}: skipped ({row['trained_images']} training images)")
@@ -539,7 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"classes {row['classes_kept']}/{row['classes_total']}, uninformative discarded "
                   f"{row['uninformative']['discarded']}/{row['uninformative']['total']}, held-out agreement "
                   f"{row['holdout_agreement']:.3f}, eval paper avg {row['eval_paper_avg']:.3f}")
-        print("chosen (held-out agreement):", m["chosen"])
+        print("admitted (requirements):", m.get("admitted", "all"))
+        print("chosen (held-out agreement):", m["chosen"], "; highest overall:", m["best"])
         if "recommendation" in m:
             print(f"recommendation: {m['recommendation']['setting']} ({m['recommendation']['why']})")
     print(json.dumps({"seconds": m["seconds"]}))

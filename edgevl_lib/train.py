@@ -626,21 +626,24 @@ def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor,
 
 
 def holdout_rows(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(training rows, held-out rows) of `n` cached rows: `round(fraction n)` rows (at least 1 when fraction > 0)
-    of a seeded random permutation are held out; both lists ascending. fraction 0 holds out nothing.
+    """(training rows, held-out rows) of `n` rows: the first `max(1, round(fraction n))` of a seeded random
+    permutation (numpy `default_rng([seed, 7])`) are held out; both lists ascending. fraction 0 holds out nothing.
+    The one split of the workbench: stage 2's held-out epoch selection and both studies.
 
     >>> holdout_rows(5, 0.0, 0)
     ([0, 1, 2, 3, 4], [])
     >>> train, held = holdout_rows(10, 0.2, 0); len(train), len(held), sorted(train + held) == list(range(10))
     (8, 2, True)
     """
-    if fraction <= 0:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
         return list(range(n)), []
     held = max(1, round(fraction * n))
     if held > n - 2:
-        raise ValueError(f"holdout_fraction={fraction} holds out {held} of {n} curated images, leaving fewer than "
+        raise ValueError(f"holdout_fraction={fraction} holds out {held} of {n} images, leaving fewer than "
                          f"2 to train on; lower it")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + 7_919)).tolist()
+    order = np.random.default_rng([seed, 7]).permutation(n).tolist()
     return sorted(order[held:]), sorted(order[:held])
 
 
@@ -735,7 +738,8 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
                         L_c = Σ_M 1/T Σ max(0, ||e^M_a - b^M_p|| - ||e^M_a - b^M_n|| + m)
 
     Diagnostics: on the first `cfg.grad_ratio_batches` batches of each epoch ||∇_θ L_c|| / ||∇_θ L_d||
-    (`gradient_norm_ratio`, raw terms, before the weights; record `grad_ratio`, the epoch mean). With
+    (`gradient_norm_ratio`, raw terms, before the weights; record `grad_ratio`, the epoch mean); with
+    `cfg.balance="grad_norm"` they also set λ_t = λ w_d / mean(ratios so far) (record `lambda_eff`). With
     `cfg.holdout_fraction > 0` a seeded random slice of the curated images (`holdout_rows`) is kept out of
     training, of the bank and of the triplets; after every epoch `holdout_agreement` scores the model on it
     (eval mode, first view) and the epoch with the best score is returned (`chosen_epoch`).
@@ -824,10 +828,11 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
     best: dict[str, Any] | None = state["best"] if state else None
     last_checkpoint = ckpt_dir / state["student"] if state else None
 
-    log.info("stage 2: %s %s on %s, %d images (%d held out), %d steps/epoch, epochs %d..%d, w_d=%g, λ=%g, "
+    log.info("stage 2: %s %s on %s, %d images (%d held out), %d steps/epoch, epochs %d..%d, w_d=%g, λ=%g%s, "
              "%s mining, %s negatives, lr %.1e", student.arch, "QAT" if cfg.fake_quant else "float (control)",
              device, len(train_rows), len(held_rows), steps_per_epoch, start_epoch + 1, cfg.epochs,
-             cfg.distill_weight, cfg.contrastive_weight, cfg.mining, cfg.negatives, cfg.lr)
+             cfg.distill_weight, cfg.contrastive_weight, " (gradient-norm balance)" if cfg.balance == "grad_norm"
+             else "", cfg.mining, cfg.negatives, cfg.lr)
     for epoch in range(start_epoch, cfg.epochs):
         views.set_epoch(epoch)
         order.manual_seed(cfg.seed * 100_003 + epoch)
@@ -844,6 +849,7 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         step_loss: list[float] = []
         ratios: list[float] = []
         images, anchors, mined, lr = 0, 0, 0, scheduler.get_last_lr()[0]
+        weight = cfg.contrastive_weight  # λ_t; "grad_norm" sets it from the epoch's measured ratios
         for index, (batch, targets) in enumerate(utils.progress(
                 loader, desc=f"stage 2 epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch)):
             inputs = data.encoder_inputs(batch, modalities, cfg.encodings, size=image_size)
@@ -865,7 +871,9 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
                     banks=banks, bank_labels=bank_labels, query_index=rows, negatives=cfg.negatives, generator=draws)
                 if measure_ratio and index < cfg.grad_ratio_batches:
                     ratios.append(gradient_norm_ratio(contrastive, distill, params))
-                weighted = cfg.contrastive_weight * contrastive
+                    if cfg.balance == "grad_norm":
+                        weight = cfg.contrastive_weight * cfg.distill_weight / float(np.mean(ratios))
+                weighted = weight * contrastive
                 loss = weighted if loss is None else loss + weighted
                 parts["triplet"] = contrastive.detach()
                 anchors += int(triplets[0].unique().numel())
@@ -882,7 +890,7 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
                 sums[name] = sums.get(name, 0.0) + value * len(targets)
         record = _epoch_record(epoch, sums, images, time.perf_counter() - start, lr, steps_per_epoch, 1, device)
         record.update(anchors=anchors, mined=mined, grad_ratio=float(np.mean(ratios)) if ratios else None,
-                      step_loss=step_loss)
+                      lambda_eff=weight if cfg.contrastive_weight > 0 else None, step_loss=step_loss)
         if use_bank:
             record["bank_seconds"] = bank_seconds
         set_training(False)
@@ -903,10 +911,11 @@ def train_stage2(cfg: Stage2Config, student: Student, dataset: data.PairedDatase
         for old in ckpt_dir.glob("best_*.safetensors"):  # after the commit: state.json names the kept one
             if old.name != best.get("weights"):
                 old.unlink()
-        log.info("stage 2 epoch %d/%d: loss %.4g %s, %d triplets on %d anchors, %.1f s%s%s%s", record["epoch"],
+        log.info("stage 2 epoch %d/%d: loss %.4g %s, %d triplets on %d anchors, %.1f s%s%s%s%s", record["epoch"],
                  cfg.epochs, record["loss"], {k: float(f"{v:.4g}") for k, v in record["parts"].items()}, mined, anchors,
                  record["seconds"], f" (bank refresh {bank_seconds:.1f} s)" if use_bank else "",
                  f", |∇L_c|/|∇L_d| {record['grad_ratio']:.3g}" if ratios else "",
+                 f", λ_t {weight:.3g}" if cfg.balance == "grad_norm" else "",
                  f", held-out {record['holdout_score']:.4f}" if held_rows else "")
         for callback in callbacks or ():
             callback(record, prepared)

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from edgevl_lib import data
 from edgevl_lib.config import BENCHMARK_CLASSES, CurationConfig
-from edgevl_lib.curation import (CurationResult, build_prompts, confidence, curate_by_confidence, curate_dataset,
-                                 curation_report, curation_warnings, load_descriptions, load_label_superset,
-                                 load_templates, score_dataset, superset_gaps)
+from edgevl_lib.curation import (CurationResult, build_prompts, check_requirements, confidence, curate_by_confidence,
+                                 curate_dataset, curation_report, curation_warnings, load_descriptions,
+                                 load_label_superset, load_templates, meets_requirements, requirement_values,
+                                 score_dataset, superset_gaps)
 from edgevl_lib.teachers import prompt_ensemble
 
 SUPERSET = ["chair", "table", "lamp", "vase"]
@@ -225,6 +226,28 @@ def test_report_counts_classes_kept_and_uninformative_discarded():
     assert rep["classes_kept"] == 2 and rep["classes_total"] == 3 and rep["pseudo_classes_kept"] == 2
     assert rep["uninformative"] == {"total": 2, "discarded": 1}
     assert rep["kept_pseudo_acc"] == pytest.approx(2 / 3)  # a2 (true chair) got "table"
+
+
+def test_requirements_against_a_hand_computed_report():
+    conf = [0.9, 0.8, 0.7, 0.2, 0.6]
+    r = curate_by_confidence(conf, [0, 1, 1, 0, 0], ["a0", "a1", "a2", "u0", "u1"], ["chair", "table"], tau=0.5)
+    rep = curation_report(r, [0, 1, 0, None, None], ["chair", "table", "bed"], ["chair", "table"],
+                          uninformative=["u0", "u1"])
+    # kept 4 / 5 -> removed 0.2; pseudo acc 2/3; classes 3 - 2 = 1 missing; uninformative 1 / 2 discarded
+    assert requirement_values(rep) == pytest.approx({"removed_fraction": 0.2, "kept_pseudo_acc": 2 / 3,
+                                                     "classes_missing": 1.0, "uninformative_discarded": 0.5})
+    checks = check_requirements(rep)
+    assert [c["met"] for c in checks.values()] == [True, False, False, False]
+    assert not meets_requirements(checks)
+    loose = {"removed_fraction": (">=", 0.2), "kept_pseudo_acc": (">=", 0.6), "classes_missing": ("<=", 1)}
+    assert meets_requirements(check_requirements(rep, loose))  # bounds are inclusive
+    no_labels = curation_report(r, [None] * 5, ["chair", "table"], ["chair", "table"])
+    unmeasured = check_requirements(no_labels)
+    assert unmeasured["kept_pseudo_acc"]["met"] is None and unmeasured["uninformative_discarded"]["met"] is None
+    assert not meets_requirements(unmeasured)  # classes_missing: 2 of 2 classes have no labelled kept image
+    assert meets_requirements(check_requirements(no_labels, {"kept_pseudo_acc": (">=", 0.95)}))  # unmeasurable
+    with pytest.raises(ValueError, match="unknown requirement"):
+        check_requirements(rep, {"kept": (">=", 1)})
 
 
 def test_curation_warnings_flag_keeping_almost_all_or_little_and_lost_classes():

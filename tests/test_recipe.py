@@ -29,9 +29,9 @@ def test_default_recipe_is_the_embedded_cpu_run():
     r = load_recipe()
     assert r.name == "embedded_cpu" and r.data.dataset == "embedded"
     assert (r.stage1.arch, r.stage1.pretrained, r.stage1.epochs, r.stage1.lr, r.stage1.warmup_epochs) == \
-        ("tf_efficientnet_lite0", True, 3, 3e-3, 0.3)
+        ("tf_efficientnet_lite0", True, 6, 3e-3, 0.3)
     assert (r.stage2.epochs, r.stage2.lr, r.stage2.quant.calibration_batches) == (1, 1e-4, 8)
-    assert (r.curation.mode, r.curation.top_fraction, r.curation.views) == ("top_fraction", 0.75, 4)
+    assert (r.curation.mode, r.curation.top_fraction, r.curation.views) == ("top_fraction", 0.5, 4)
     assert r.data.benchmark.uninformative == 0.2
 
 

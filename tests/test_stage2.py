@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,7 +230,9 @@ def test_the_control_rows_train_the_float_student_without_fake_quantization(setu
 @pytest.mark.parametrize("override, match", [
     ({"mining": "memory"}, "mining"), ({"negatives": "hardest"}, "negatives"), ({"distill_weight": -1.0}, "distill"),
     ({"distill_weight": 0.0, "contrastive_weight": 0.0}, "both be 0"), ({"holdout_fraction": 1.0}, "holdout"),
-    ({"grad_ratio_batches": -1}, "grad_ratio")])
+    ({"grad_ratio_batches": -1}, "grad_ratio"), ({"balance": "auto"}, "balance"),
+    ({"balance": "grad_norm", "grad_ratio_batches": 0}, "balance"),
+    ({"balance": "grad_norm", "distill_weight": 0.0}, "balance")])
 def test_stage2_config_refuses_impossible_options(override, match):
     with pytest.raises(ValueError, match=match):
         Stage2Config(**override)
@@ -261,8 +264,12 @@ def test_holdout_rows_are_a_seeded_disjoint_split():
     train, held = holdout_rows(40, 0.25, seed=3)
     assert len(held) == 10 and sorted(train + held) == list(range(40))
     assert holdout_rows(40, 0.25, seed=3) == (train, held) and holdout_rows(40, 0.25, seed=4)[1] != held
+    assert held == sorted(np.random.default_rng([3, 7]).permutation(40)[:10].tolist())  # the documented draw
+    assert holdout_rows(50, 0.01, seed=0)[1] != [] and len(holdout_rows(3000, 0.2, seed=0)[1]) == 600
     with pytest.raises(ValueError, match="fewer than 2"):
         holdout_rows(4, 0.9, seed=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        holdout_rows(10, 1.0, seed=0)
 
 
 @pytest.mark.parametrize("contrastive", [1.0, 0.5])
@@ -277,6 +284,21 @@ def test_distill_weight_zero_trains_on_the_triplet_loss_only(setup, vit, contras
     both = train_stage2(one, vit, dataset, cache, pseudo, out_dir=tmp_path / "both").history[0]
     assert both["loss"] == pytest.approx(both["parts"]["dual"] + contrastive * both["parts"]["triplet"], rel=1e-6)
     assert both["grad_ratio"] > 0  # measured on the first cfg.grad_ratio_batches batches
+
+
+def test_grad_norm_balance_weighs_the_triplet_term_to_the_distillation_gradient(setup, vit, tmp_path):
+    _, dataset, cache, _, pseudo, _, cfg = setup
+    one = dataclasses.replace(cfg, epochs=1, contrastive_weight=0.5, distill_weight=2.0, grad_ratio_batches=1,
+                              balance="grad_norm")
+    balanced = train_stage2(one, vit, dataset, cache, pseudo, out_dir=tmp_path / "balanced").history[0]
+    # λ_t = λ w_d / r on the measured first batch, then fixed for the epoch: ||λ_t ∇L_c|| / ||w_d ∇L_d|| = λ
+    assert balanced["lambda_eff"] == pytest.approx(0.5 * 2.0 / balanced["grad_ratio"], rel=1e-6)
+    assert balanced["loss"] == pytest.approx(2.0 * balanced["parts"]["dual"]
+                                             + balanced["lambda_eff"] * balanced["parts"]["triplet"], rel=1e-5)
+    plain = train_stage2(dataclasses.replace(one, balance="none"), vit, dataset, cache, pseudo,
+                         out_dir=tmp_path / "plain").history[0]
+    assert plain["lambda_eff"] == 0.5 and plain["grad_ratio"] == pytest.approx(balanced["grad_ratio"], rel=1e-6)
+    assert balanced["lambda_eff"] != pytest.approx(0.5)  # the balance did change the weight
 
 
 def test_first_view_passes_leave_the_qat_graph_untouched(setup, vit):

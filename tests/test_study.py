@@ -1,5 +1,5 @@
-"""The study module: statistics over seeds against scipy and hand computations, the held-out split, teacher
-agreement, and a smoke end-to-end run of both studies."""
+"""The study module: statistics over seeds against scipy and hand computations, teacher agreement, the choice under
+requirements, and a smoke end-to-end run of the studies (the held-out split, `train.holdout_rows`: test_stage2)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import torch
 from scipy import stats as sst
 
 from edgevl_lib import study
+from edgevl_lib.curation import REQUIREMENTS
 
 
 def test_t_interval_matches_scipy():
@@ -47,15 +48,6 @@ def test_rows_over_seeds():
     out = study.rows_over_seeds(tables)
     assert out["r"]["mean"] == pytest.approx(0.8) and out["r"]["sd"] == pytest.approx(0.1)
     assert out["r"]["values"] == [0.7, 0.8, 0.9]
-
-
-def test_holdout_split_is_seeded_disjoint_and_complete():
-    tr, ho = study.holdout_split(50, 0.2, seed=3)
-    assert len(ho) == 10 and len(tr) == 40 and not set(tr) & set(ho) and sorted([*tr, *ho]) == list(range(50))
-    assert np.array_equal(ho, study.holdout_split(50, 0.2, seed=3)[1])
-    assert not np.array_equal(ho, study.holdout_split(50, 0.2, seed=4)[1])
-    with pytest.raises(ValueError):
-        study.holdout_split(10, 1.0, 0)
 
 
 def test_teacher_agreement_by_hand():
@@ -98,6 +90,10 @@ def test_smoke_studies_write_their_reports(tmp_path, monkeypatch):
                  + row["holdout_agreement_uninformative"] * n_unin) / n_held
         assert whole == pytest.approx(row["holdout_agreement"])
     assert list(c["vs_chosen_confident_half"]) == [f"{c['chosen']} - {n}" for n in c["settings"] if n != c["chosen"]]
+    assert set(row["requirements"]) == set(c["requirements"]) == set(REQUIREMENTS)
+    assert c["admitted"] == [n for n in c["settings"] if c["settings"][n]["admitted"]]
+    if c["admitted"]:
+        assert c["chosen"] in c["admitted"]
     assert (tmp_path / "curation" / "figures" / "curation_study.png").is_file()
 
     s2 = study.stage2_study(options={"default": (), "qat_only": ("stage2.contrastive_weight=0",)},
@@ -122,3 +118,35 @@ def test_choose_keeps_the_incumbent_unless_the_best_is_significantly_better():
         assert c["recommendation"]["setting"] == expect, c["recommendation"]
     same = study._choose({"a": {"holdout_agreement": 1.0}}, {"a": base}, {"a": base}, 0, incumbent="a")
     assert same["recommendation"]["setting"] == "a"
+
+
+def test_choose_admits_by_requirements_and_leaves_a_failing_incumbent():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 2, 400).astype(float)
+    agree = {"lenient": np.where(rng.random(400) < 0.3, 1.0, base), "incumbent": base,
+             "strict": np.where(rng.random(400) < 0.1, 1.0, base)}
+    rows = {n: {"holdout_agreement": float(a.mean())} for n, a in agree.items()}
+    assert rows["lenient"]["holdout_agreement"] > rows["strict"]["holdout_agreement"] > rows["incumbent"][
+        "holdout_agreement"]
+    c = study._choose(rows, agree, agree, seed=0, incumbent="incumbent", admitted=["strict"])
+    assert (c["chosen"], c["best"], c["admitted"]) == ("strict", "lenient", ["strict"])
+    assert c["recommendation"]["setting"] == "strict" and "fails the requirements" in c["recommendation"]["why"]
+    assert c["vs_chosen_holdout"]["strict - lenient"]["diff"] < 0  # what the requirements cost, tested
+    kept = study._choose(rows, agree, agree, seed=0, incumbent="incumbent", admitted=["strict", "incumbent"])
+    assert kept["chosen"] == "strict"  # the admitted incumbent moves only if significantly worse
+    test = kept["vs_chosen_holdout"]["strict - incumbent"]
+    assert kept["recommendation"]["setting"] == ("strict" if test["p_holm"] < 0.05 else "incumbent")
+    none = study._choose(rows, agree, agree, seed=0, incumbent="incumbent", admitted=[])
+    assert none["chosen"] == "lenient" and none["recommendation"]["setting"] == "incumbent"
+    assert "no setting meets" in none["recommendation"]["why"]
+    every = study._choose(rows, agree, agree, seed=0, incumbent="incumbent")
+    assert every["chosen"] == every["best"] == "lenient" and "admitted" not in every
+
+
+def test_parse_requirements():
+    assert study._parse_requirements(["kept_pseudo_acc>=0.9", "classes_missing<=1"]) == {
+        "kept_pseudo_acc": (">=", 0.9), "classes_missing": ("<=", 1.0)}
+    assert study._parse_requirements(None) is None
+    for bad in ("kept_pseudo_acc=0.9", "kept>=3"):
+        with pytest.raises(SystemExit):
+            study._parse_requirements([bad])
