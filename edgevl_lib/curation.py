@@ -499,13 +499,14 @@ def requirement_values(report: Mapping[str, Any]) -> dict[str, float | None]:
 
         removed_fraction        = (total - kept) / total
         kept_pseudo_acc         = the report's (None without labels)
-        classes_missing         = classes_total - classes_kept
+        classes_missing         = classes_total - classes_kept   (None when no image has a label)
         uninformative_discarded = |U discarded| / |U|   (None when no frame is known to be uninformative)
     """
     unin = report["uninformative"]
     return {"removed_fraction": (report["total"] - report["kept"]) / report["total"],
             "kept_pseudo_acc": report["kept_pseudo_acc"],
-            "classes_missing": float(report["classes_total"] - report["classes_kept"]),
+            "classes_missing": (None if report["all_pseudo_acc"] is None
+                                else float(report["classes_total"] - report["classes_kept"])),
             "uninformative_discarded": unin["discarded"] / unin["total"] if unin["total"] else None}
 
 

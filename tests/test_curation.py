@@ -243,9 +243,10 @@ def test_requirements_against_a_hand_computed_report():
     assert meets_requirements(check_requirements(rep, loose))  # bounds are inclusive
     no_labels = curation_report(r, [None] * 5, ["chair", "table"], ["chair", "table"])
     unmeasured = check_requirements(no_labels)
-    assert unmeasured["kept_pseudo_acc"]["met"] is None and unmeasured["uninformative_discarded"]["met"] is None
-    assert not meets_requirements(unmeasured)  # classes_missing: 2 of 2 classes have no labelled kept image
-    assert meets_requirements(check_requirements(no_labels, {"kept_pseudo_acc": (">=", 0.95)}))  # unmeasurable
+    assert [c["met"] for c in unmeasured.values()] == [True, None, None, None]  # only the share removed is measured
+    assert meets_requirements(unmeasured)  # an unmeasurable requirement does not fail
+    few = curation_report(r, [0, None, None, None, None], ["chair", "table"], ["chair", "table"])
+    assert check_requirements(few)["classes_missing"]["value"] == 1.0  # one labelled image: table is missing
     with pytest.raises(ValueError, match="unknown requirement"):
         check_requirements(rep, {"kept": (">=", 1)})
 
