@@ -351,7 +351,8 @@ def seed_claims(claims: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Any:
 
 def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str, counts: bool = True) -> Any:
     """A study's settings: held-out teacher agreement (left, what chooses) and eval paper average (right, reported
-    only), with 95 % CIs; the chosen setting in red and bold; `counts` adds each setting's kept / total."""
+    only), with 95 % CIs; the chosen setting in red and bold; `counts` adds each setting's kept / total. Rows with
+    `admitted: False` (they fail the curation requirements) get hollow markers and "fails requirements"."""
     import matplotlib.pyplot as plt
 
     names = list(rows)
@@ -360,13 +361,15 @@ def curation_study(rows: Mapping[str, Mapping[str, Any]], chosen: str, counts: b
                            (axes[1], "eval_paper_avg", "eval: paper average (reported only)")):
         for i, n in enumerate(names):
             ci = rows[n][f"{key}_ci"]
+            color = "C3" if n == chosen else "C0"
             ax.errorbar(rows[n][key], -i, xerr=[[rows[n][key] - ci["lo"]], [ci["hi"] - rows[n][key]]], fmt="o",
-                        color="C3" if n == chosen else "C0", capsize=3)
+                        color=color, capsize=3, markerfacecolor="white" if rows[n].get("admitted") is False else color)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    fails = {n: " fails requirements" if rows[n].get("admitted") is False else "" for n in names}
     axes[0].set_yticks([-i for i in range(len(names))],
-                       [f"{n}  ({rows[n]['kept']}/{rows[n]['total']})" if counts else f"{n} " for n in names],
-                       fontsize=8)
+                       [f"{n}  ({rows[n]['kept']}/{rows[n]['total']}){fails[n]}" if counts else f"{n} {fails[n]}"
+                        for n in names], fontsize=8)
     for label in axes[0].get_yticklabels():
         if label.get_text().startswith(chosen + " "):
             label.set_fontweight("bold")

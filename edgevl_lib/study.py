@@ -346,8 +346,9 @@ def curation_study(recipe: str | Path = DEFAULT_RECIPE, settings: Sequence[tuple
     agreement among the admitted ones, and the recommendation switches from a recipe setting that fails them.
 
     Returns:
-        {"holdout", "settings": {name: {curation report, holdout_agreement, ci, eval paper average}},
-        "chosen", "vs_chosen" (paired tests against it)}.
+        {"holdout", "settings": {name: {curation report, holdout_agreement, ci, eval paper average, requirements,
+        admitted}}, "requirements", "admitted", "chosen", "best", "recommendation", "vs_chosen_*" (paired tests
+        against the chosen setting on the held-out images, their confident half and eval)}.
     """
     settings = list(DEFAULT_CURATION_SETTINGS if settings is None else settings)
     r = load_recipe(recipe, overrides, smoke=smoke)

@@ -150,3 +150,16 @@ def test_parse_requirements():
     for bad in ("kept_pseudo_acc=0.9", "kept>=3"):
         with pytest.raises(SystemExit):
             study._parse_requirements([bad])
+
+
+def test_curation_study_figure_marks_the_settings_that_fail_the_requirements():
+    from edgevl_lib import plots
+
+    ci = {"lo": 0.5, "hi": 0.7}
+    rows = {n: {"holdout_agreement": 0.6, "holdout_agreement_ci": ci, "eval_paper_avg": 0.6, "eval_paper_avg_ci": ci,
+                "kept": 5, "total": 10, "admitted": ok} for n, ok in (("strict", True), ("lenient", False))}
+    fig = plots.curation_study(rows, "strict")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["strict  (5/10)", "lenient  (5/10) fails requirements"]
+    faces = [line.get_markerfacecolor() for line in fig.axes[0].get_lines() if line.get_marker() == "o"]
+    assert faces[1] == "white" and faces[0] != "white"
