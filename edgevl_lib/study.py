@@ -296,21 +296,20 @@ def _choose(rows: Mapping[str, Mapping[str, Any]], agree: Mapping[str, np.ndarra
         out["admitted"] = pool
     if incumbent is not None and incumbent in agree:
         test = holdout.get(f"{chosen} - {incumbent}")
-        if admitted is not None and incumbent not in admitted and pool:
-            switch, verdict = True, "the recipe's setting fails the requirements, switch"
-        else:
-            switch = test is not None and test["p_holm"] < stats.ALPHA and test["diff"] > 0
-            verdict = "significantly better, switch" if switch else "within noise, keep the recipe's setting"
-        out["incumbent"] = incumbent
-        out["recommendation"] = {
-            "setting": chosen if switch else incumbent,
-            "why": ("the recipe's setting is the highest" + (" admitted" if admitted is not None else "")
-                    if test is None else
-                    f"{chosen} - {incumbent} = {100 * test['diff']:+.1f} pts [{100 * test['ci'][0]:+.1f}, "
-                    f"{100 * test['ci'][1]:+.1f}], Holm p {test['p_holm']:.2g}: {verdict}")}
         if admitted is not None and not pool:
-            out["recommendation"] = {"setting": incumbent,
-                                     "why": "no setting meets the requirements: keep the recipe's setting"}
+            setting, why = incumbent, "no setting meets the requirements: keep the recipe's setting"
+        elif test is None:  # the incumbent is the chosen row
+            setting, why = incumbent, "the recipe's setting is the highest" + (" admitted" if admitted is not None else "")
+        else:
+            fails = admitted is not None and incumbent not in admitted
+            better = test["p_holm"] < stats.ALPHA and test["diff"] > 0
+            setting = chosen if fails or better else incumbent
+            why = (f"{chosen} - {incumbent} = {100 * test['diff']:+.1f} pts [{100 * test['ci'][0]:+.1f}, "
+                   f"{100 * test['ci'][1]:+.1f}], Holm p {test['p_holm']:.2g}: "
+                   + ("the recipe's setting fails the requirements, switch" if fails else
+                      "significantly better, switch" if better else "within noise, keep the recipe's setting"))
+        out["incumbent"] = incumbent
+        out["recommendation"] = {"setting": setting, "why": why}
     return out
 
 
